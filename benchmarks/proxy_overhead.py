@@ -1,0 +1,436 @@
+"""What the proxy costs: latency and throughput against the cluster directly vs through rerank-proxy.
+
+    python benchmarks/proxy_overhead.py --upstream http://127.0.0.1:9200 --proxy http://127.0.0.1:9201
+
+Cases, each at every `--concurrency`:
+  get     `GET /{index}/_doc/{id}`: pure pass-through
+  search  a 10-hit `match` search, direct vs through the proxy with `X-Rerank: off` (the skip path)
+  rerank  the same search through the proxy with `X-Rerank: on`; compared with the direct search
+
+The proxy must rerank the index with window 50: the shipped config.yaml does for any index without a rule of its own
+(`defaults.window: 50`), which covers `bench-scifact`. Without `--index` the script creates `bench-scifact` and loads
+SciFact into it, directly into the cluster, unless it is already there.
+
+Load: a fixed number of workers per cell, each sending one request at a time on keep-alive connections until the
+cell's time is up (or `--max-requests`). A cell's time is split into rounds run in ABBA order across its arms (direct,
+proxy, ...), so slow drifts on a shared machine hit both sides alike. Loopback URLs only. The markdown table goes to
+stdout, progress to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import itertools
+import json
+import math
+import platform
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
+DEFAULT_INDEX = "bench-scifact"
+HITS = 10
+BULK_DOCS = 1000  # documents per _bulk request while loading
+ID_SAMPLE = 1000  # document ids drawn for the get case
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    body: bytes | None  # pre-serialised so the client spends no time on JSON while measuring
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of a comparison: where the requests go and with which extra headers."""
+
+    label: str
+    base_url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Stats:
+    """Measurements of one arm in one cell, pooled over its rounds."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed_s: float = 0.0
+    statuses: Counter[str] = field(default_factory=Counter)  # X-Rerank-Status values seen
+
+    def percentile(self, q: float) -> float:
+        """Nearest-rank percentile (q in 0..100) of the successful requests' latencies."""
+        if not self.latencies_ms:
+            return math.nan
+        ordered = sorted(self.latencies_ms)
+        return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+    @property
+    def throughput(self) -> float:
+        """Successful requests per second of wall time the arm ran."""
+        return len(self.latencies_ms) / self.elapsed_s if self.elapsed_s > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    calls: Sequence[Call]
+    arms: Sequence[Arm]  # arms[0] is the direct baseline every other arm is compared with
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    concurrency: int
+    direct: Stats
+    proxy: Stats
+
+
+# ---- request generation -----------------------------------------------------------------------------------------
+
+
+def _search_body(field_name: str, query: str) -> bytes:
+    return json.dumps({"query": {"match": {field_name: query}}, "size": HITS}).encode()
+
+
+def search_calls(index: str, field_name: str, queries: Sequence[str]) -> list[Call]:
+    path = f"/{quote(index)}/_search"
+    return [Call("POST", path, _search_body(field_name, q)) for q in queries]
+
+
+def get_calls(index: str, ids: Sequence[str]) -> list[Call]:
+    return [Call("GET", f"/{quote(index)}/_doc/{quote(doc_id, safe='')}", None) for doc_id in ids]
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def percent_mix(statuses: Counter[str]) -> str:
+    """`reranked 97%, fallback; reason=timeout 3%`, most frequent first; empty when no status was seen."""
+    total = sum(statuses.values())
+    return ", ".join(f"{status} {100 * n / total:.0f}%" for status, n in statuses.most_common()) if total else ""
+
+
+# ---- load generator ---------------------------------------------------------------------------------------------
+
+
+def _session(concurrency: int, timeout_s: float) -> aiohttp.ClientSession:
+    # One keep-alive connection per worker. No Accept-Encoding, like the official clients' defaults: the cluster
+    # then answers uncompressed and neither side pays for gzip.
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        skip_auto_headers=("Accept-Encoding", "User-Agent"),
+        auto_decompress=False,
+    )
+
+
+async def run_arm(
+    session: aiohttp.ClientSession,
+    arm: Arm,
+    calls: Sequence[Call],
+    concurrency: int,
+    duration_s: float,
+    max_requests: int,
+    start_at: int,
+    into: Stats | None,
+) -> int:
+    """`concurrency` workers loop requests until the time or the request budget is spent; returns the next call
+    position so successive rounds continue through the query list instead of repeating its start."""
+    headers = {"Content-Type": "application/json", **arm.headers}
+    counter = itertools.count(start_at)
+    limit = start_at + max_requests
+    started = time.perf_counter()
+    deadline = started + duration_s
+    last = start_at
+
+    async def worker() -> None:
+        nonlocal last
+        while True:
+            i = next(counter)
+            if i >= limit or time.perf_counter() >= deadline:
+                return
+            last = max(last, i + 1)
+            call = calls[i % len(calls)]
+            t0 = time.perf_counter()
+            try:
+                async with session.request(call.method, arm.base_url + call.path, data=call.body, headers=headers) as r:
+                    await r.read()
+                    ok = r.status == 200
+                    status = r.headers.get("X-Rerank-Status")
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                ok, status = False, None
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            if into is None:
+                continue
+            if ok:
+                into.latencies_ms.append(elapsed_ms)
+            else:
+                into.errors += 1
+            if status is not None:
+                into.statuses[status] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if into is not None:
+        # Until the last in-flight request finished: the requests started before the deadline all count.
+        into.elapsed_s += time.perf_counter() - started
+    return last
+
+
+async def run_case(
+    case: Case, concurrency: int, duration_s: float, warmup_s: float, rounds: int, max_requests: int, timeout_s: float
+) -> list[Stats]:
+    """One cell per arm. Rounds alternate the arm order (A B, B A, ...); each arm keeps its connections throughout."""
+    sessions = [_session(concurrency, timeout_s) for _ in case.arms]
+    stats = [Stats() for _ in case.arms]
+    position = [0] * len(case.arms)
+    try:
+        if warmup_s > 0:
+            for session, arm in zip(sessions, case.arms):
+                await run_arm(session, arm, case.calls, concurrency, warmup_s, max_requests, 0, None)
+        per_round = duration_s / rounds
+        for r in range(rounds):
+            order = list(range(len(case.arms)))
+            if r % 2:
+                order.reverse()
+            for a in order:
+                budget = max(1, max_requests // rounds)
+                position[a] = await run_arm(
+                    sessions[a], case.arms[a], case.calls, concurrency, per_round, budget, position[a], stats[a]
+                )
+    finally:
+        await asyncio.gather(*(s.close() for s in sessions))
+    return stats
+
+
+# ---- cluster setup ----------------------------------------------------------------------------------------------
+
+
+def check_loopback(url: str, what: str) -> str:
+    """The benchmark only ever talks to this machine; a typo must not aim load at a real cluster."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise SystemExit(f"--{what}: expected an http(s) URL, got {url!r}")
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if not loopback:
+        raise SystemExit(f"--{what}: {url} is not a loopback address; this benchmark only runs against this machine")
+    return url.rstrip("/")
+
+
+async def _json(session: aiohttp.ClientSession, method: str, url: str, body: object = None, **kw: object) -> tuple[int, object]:
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/x-ndjson" if isinstance(body, bytes) else "application/json"}
+    async with session.request(method, url, data=data, headers=headers, **kw) as resp:
+        text = await resp.read()
+        return resp.status, (json.loads(text) if text else None)
+
+
+async def ensure_scifact(session: aiohttp.ClientSession, upstream: str, index: str, data: Path) -> None:
+    """Create `index` and bulk-load SciFact's corpus into it unless it already holds every document.
+
+    Loading uses the documents' own ids, so an interrupted load simply runs again over the same ids."""
+    corpus = data / "corpus.jsonl"
+    docs = list(read_jsonl(corpus))
+    status, _ = await _json(session, "HEAD", f"{upstream}/{quote(index)}")
+    if status == 404:
+        mapping = {
+            "settings": {"number_of_shards": 1, "number_of_replicas": 0},
+            "mappings": {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}},
+        }
+        status, reply = await _json(session, "PUT", f"{upstream}/{quote(index)}", mapping)
+        if status != 200:
+            raise SystemExit(f"creating {index} failed: HTTP {status} {reply}")
+    else:
+        status, reply = await _json(session, "GET", f"{upstream}/{quote(index)}/_count")
+        if status == 200 and isinstance(reply, dict) and reply.get("count") == len(docs):
+            print(f"{index}: already holds {len(docs)} documents", file=sys.stderr)
+            return
+    print(f"{index}: loading {len(docs)} documents from {corpus}", file=sys.stderr)
+    for start in range(0, len(docs), BULK_DOCS):
+        lines = []
+        for doc in docs[start : start + BULK_DOCS]:
+            lines.append(json.dumps({"index": {"_index": index, "_id": doc["_id"]}}))
+            lines.append(json.dumps({"title": doc.get("title", ""), "text": doc.get("text", "")}))
+        status, reply = await _json(session, "POST", f"{upstream}/_bulk", ("\n".join(lines) + "\n").encode())
+        if status != 200 or not isinstance(reply, dict) or reply.get("errors"):
+            raise SystemExit(f"bulk load into {index} failed: HTTP {status} {str(reply)[:500]}")
+    await _json(session, "POST", f"{upstream}/{quote(index)}/_refresh")
+
+
+async def sample_ids(session: aiohttp.ClientSession, upstream: str, index: str, seed: int) -> list[str]:
+    body = {"size": ID_SAMPLE, "_source": False, "query": {"match_all": {}}}
+    status, reply = await _json(session, "POST", f"{upstream}/{quote(index)}/_search", body)
+    hits = reply.get("hits", {}).get("hits", []) if status == 200 and isinstance(reply, dict) else []
+    ids = [hit["_id"] for hit in hits]
+    if not ids:
+        raise SystemExit(f"{index}: no documents to GET (HTTP {status})")
+    random.Random(seed).shuffle(ids)
+    return ids
+
+
+async def index_uuid(session: aiohttp.ClientSession, base: str, index: str) -> str | None:
+    status, reply = await _json(session, "GET", f"{base}/{quote(index)}/_settings")
+    if status != 200 or not isinstance(reply, dict):
+        return None
+    return next(iter(reply.values()), {}).get("settings", {}).get("index", {}).get("uuid")
+
+
+async def preflight(session: aiohttp.ClientSession, upstream: str, proxy: str, index: str, search: Call) -> str:
+    """Both URLs reach the same index, and the proxy reranks it; returns the reranked search's X-Rerank-Status."""
+    direct_uuid, proxied_uuid = await index_uuid(session, upstream, index), await index_uuid(session, proxy, index)
+    if direct_uuid is None or direct_uuid != proxied_uuid:
+        raise SystemExit(f"{index}: the proxy does not front this cluster (index uuid {direct_uuid} vs {proxied_uuid})")
+    headers = {"Content-Type": "application/json", "X-Rerank": "on"}
+    async with session.post(proxy + search.path, data=search.body, headers=headers) as resp:
+        await resp.read()
+        return resp.headers.get("X-Rerank-Status", "(no X-Rerank-Status header)")
+
+
+# ---- report -----------------------------------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _ratio(num: float, den: float) -> str:
+    return "n/a" if math.isnan(num) or math.isnan(den) or den == 0 else f"{num / den:.2f}"
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    head = (
+        "| case | conc | direct p50 ms | direct p99 ms | direct req/s | proxy p50 ms | proxy p99 ms | proxy req/s "
+        "| p50 ratio | thr ratio | errors d/p | proxy X-Rerank-Status |"
+    )
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for row in rows:
+        d, p = row.direct, row.proxy
+        lines.append(
+            f"| {row.case} | {row.concurrency} | {_ms(d.percentile(50))} | {_ms(d.percentile(99))} | "
+            f"{d.throughput:.0f} | {_ms(p.percentile(50))} | {_ms(p.percentile(99))} | {p.throughput:.0f} | "
+            f"{_ratio(p.percentile(50), d.percentile(50))} | {_ratio(p.throughput, d.throughput)} | "
+            f"{d.errors}/{p.errors} | {percent_mix(p.statuses) or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+# ---- main -------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upstream", required=True, help="the cluster, e.g. http://127.0.0.1:9200")
+    parser.add_argument("--proxy", required=True, help="rerank-proxy in front of that same cluster")
+    parser.add_argument("--index", help=f"an existing index to use; default: create and load {DEFAULT_INDEX}")
+    parser.add_argument("--field", default="text", help="field the match query searches (default: text)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR SciFact folder (corpus, queries)")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per arm before a case")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma list of worker counts (default 1,16,64)")
+    parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds each cell's time is split into")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="request cap per cell")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    parser.add_argument("--cases", default="get,search,rerank", help="subset of get,search,rerank")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s cells, concurrency 1,16, 0.5 s warm-up")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.concurrency = 2.0, 0.5, "1,16"
+    args.upstream = check_loopback(args.upstream, "upstream")
+    args.proxy = check_loopback(args.proxy, "proxy")
+    try:
+        args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError:
+        parser.error("--concurrency: expected a comma list of integers")
+    if not args.concurrency or not all(1 <= c <= 1024 for c in args.concurrency):
+        parser.error("--concurrency: each value must be between 1 and 1024")
+    if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60:
+        parser.error("--duration must be in (0, 600] and --warmup in [0, 60] seconds")
+    if not 1 <= args.rounds <= 20 or args.max_requests < 1 or args.timeout <= 0:
+        parser.error("--rounds must be 1..20, --max-requests and --timeout positive")
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = set(args.cases) - {"get", "search", "rerank"}
+    if unknown or not args.cases:
+        parser.error(f"--cases: unknown {', '.join(sorted(unknown)) or '(empty)'}")
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    index = args.index or DEFAULT_INDEX
+    queries = [q["text"] for q in read_jsonl(args.data / "queries.jsonl")]
+    random.Random(args.seed).shuffle(queries)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        if args.index is None:
+            await ensure_scifact(session, args.upstream, index, args.data)
+        ids = await sample_ids(session, args.upstream, index, args.seed)
+        searches = search_calls(index, args.field, queries)
+        rerank_status = await preflight(session, args.upstream, args.proxy, index, searches[0])
+    if "rerank" in args.cases and not rerank_status.startswith("reranked"):
+        print(f"warning: the proxy answered X-Rerank-Status: {rerank_status} to a reranked search", file=sys.stderr)
+
+    direct = Arm("direct", args.upstream)
+    cases = []
+    if "get" in args.cases:
+        cases.append(Case("get", get_calls(index, ids), [direct, Arm("get (pass-through)", args.proxy)]))
+    search_arms = [direct]
+    if "search" in args.cases:
+        search_arms.append(Arm("search (X-Rerank: off)", args.proxy, {"X-Rerank": "off"}))
+    if "rerank" in args.cases:
+        search_arms.append(Arm("rerank (X-Rerank: on, window 50)", args.proxy, {"X-Rerank": "on"}))
+    if len(search_arms) > 1:
+        cases.append(Case("search", searches, search_arms))
+
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for concurrency in args.concurrency:
+        for case in cases:
+            print(f"{case.name} x {concurrency}: {len(case.arms)} arms", file=sys.stderr, flush=True)
+            stats = await run_case(
+                case, concurrency, args.duration, args.warmup, args.rounds, args.max_requests, args.timeout
+            )
+            rows += [Row(arm.label, concurrency, stats[0], s) for arm, s in zip(case.arms[1:], stats[1:])]
+    labels = [arm.label for case in cases for arm in case.arms[1:]]
+    rows.sort(key=lambda r: (labels.index(r.case), r.concurrency))
+
+    print(
+        f"proxy overhead: index `{index}`, {HITS}-hit `match` on `{args.field}`, {args.duration:g} s per cell "
+        f"in {args.rounds} ABBA rounds, warm-up {args.warmup:g} s, {len(queries)} queries, {len(ids)} doc ids; "
+        f"{platform.node()} ({platform.machine()}, Python {platform.python_version()}); "
+        f"total {time.perf_counter() - started:.0f} s\n"
+    )
+    print(markdown_table(rows))
+    print(
+        "\nratios: proxy p50 / direct p50 and proxy req/s / direct req/s; the rerank rows compare with the direct "
+        "search. Latency percentiles cover successful (HTTP 200) requests only."
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return asyncio.run(main_async(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

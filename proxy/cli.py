@@ -1,0 +1,66 @@
+"""`rerank-proxy serve | demo`: the console script."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+async def _serve(config_path: Path, listen: str | None, upstreams: list[str] | None) -> int:
+    from .server import start_server
+
+    overrides = {"listen": listen, "upstreams": upstreams}
+    config = load_config(config_path).with_overrides(**overrides)
+    server, runner, url = await start_server(config, config_path, overrides)
+    server.install_sighup()
+    logging.getLogger("rerank-proxy").info(
+        "serving on %s -> %s (models: %s)", url, ", ".join(config.upstreams), server.state.engine.states()
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rerank-proxy", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("RERANK_PROXY_LOG", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", type=Path, default=Path("config.yaml"))
+    serve.add_argument("--listen", help="HOST:PORT, overrides the file's `listen`")
+    serve.add_argument("--upstream", action="append", help="cluster URL, overrides `upstreams` (repeatable)")
+
+    demo = commands.add_parser("demo", help="local cluster + sample data + proxy, side by side")
+    demo.add_argument("--flavor", choices=("elasticsearch", "opensearch"), default="elasticsearch")
+    demo.add_argument("--port", type=int, default=9201, help="the proxy's port")
+    demo.add_argument("--queries", type=int, default=3, help="queries shown side by side")
+    demo.add_argument("--no-serve", action="store_true", help="exit after the comparison instead of serving")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(args.config, args.listen, args.upstream))
+        from .demo import run_demo
+
+        return asyncio.run(run_demo(args.flavor, args.port, args.queries, serve=not args.no_serve))
+    except ConfigError as err:
+        print(f"rerank-proxy: bad configuration, not starting:\n{err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

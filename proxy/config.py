@@ -1,0 +1,193 @@
+"""config.yaml, typed and validated.
+
+Everything the proxy does per index comes from here. A bad file is rejected as a whole with messages that name the
+key (`indices.0.window: ...`), so a reload can never leave the proxy half-configured.
+"""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from rerank.spec import ModelSpec
+from rerank.text import TextConfig
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names each bad key."""
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TemplateParams(_Strict):
+    """Which search-template params carry the query text and the page (for `_search/template`)."""
+
+    query: str = "query_string"
+    from_: str = Field("from", alias="from")
+    size: str = "size"
+
+
+
+class RerankSettings(_Strict):
+    """The knobs a search is reranked with: `defaults`, overridden by an index rule, overridden by a variant."""
+
+    enabled: bool = True
+    model: str | None = Field(None, description="a key of `models`; default: the first model")
+    window: int = Field(50, ge=1, le=10_000, description="top hits fetched and reranked")
+    text: TextConfig = TextConfig()
+    query_path: str | None = Field(None, description="dot path in the request body holding the query text")
+    template_params: TemplateParams = TemplateParams()
+    timeout_ms: int = Field(5_000, gt=0, description="model time budget per search before falling back")
+
+
+class SettingsOverride(_Strict):
+    """Any subset of RerankSettings; unset fields inherit."""
+
+    enabled: bool | None = None
+    model: str | None = None
+    window: int | None = Field(None, ge=1, le=10_000)
+    text: TextConfig | None = None
+    query_path: str | None = None
+    template_params: TemplateParams | None = None
+    timeout_ms: int | None = Field(None, gt=0)
+
+    def apply_to(self, base: RerankSettings) -> RerankSettings:
+        changes = {k: getattr(self, k) for k in self.model_fields_set if k in RerankSettings.model_fields}
+        return base.model_copy(update=changes)
+
+
+class IndexRule(SettingsOverride):
+    match: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        min_length=1, description="index names or patterns (`logs-*`); aliases resolve to their indices"
+    )
+
+    def matches(self, index: str) -> bool:
+        return any(fnmatch.fnmatchcase(index, pattern) for pattern in self.match)
+
+
+class ABSplit(_Strict):
+    """Traffic split when no `X-Rerank-Variant` header is sent; `control` is the un-varied settings."""
+
+    sticky_header: str | None = Field(
+        "X-Opaque-Id", description="requests with the same value of this header get the same variant"
+    )
+    weights: dict[str, float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> ABSplit:
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ValueError("weights must be >= 0 and sum to more than 0")
+        return self
+
+
+class UpstreamTLS(_Strict):
+    verify: bool = True
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+class UpstreamOptions(_Strict):
+    tls: UpstreamTLS = UpstreamTLS()
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float | None = Field(None, gt=0, description="none: as long as the cluster takes")
+    pool_size: int = Field(256, gt=0, description="keep-alive connections to the cluster")
+    retry_down_after_s: float = Field(5.0, ge=0, description="how long a failed upstream is tried last")
+    alias_cache_ttl_s: float = Field(60.0, ge=0)
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def _upstream_url(value: str) -> str:
+    if not (value.startswith("http://") or value.startswith("https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class Config(_Strict):
+    listen: Annotated[str, BeforeValidator(_listen)] = "127.0.0.1:9201"
+    upstreams: Annotated[list[Annotated[str, BeforeValidator(_upstream_url)]], BeforeValidator(_as_list)] = Field(
+        ["http://127.0.0.1:9200"], min_length=1
+    )
+    upstream: UpstreamOptions = UpstreamOptions()
+    models: dict[str, ModelSpec] = Field(min_length=1)
+    defaults: RerankSettings = RerankSettings()
+    indices: list[IndexRule] = []
+    variants: dict[str, SettingsOverride] = {}
+    ab: ABSplit | None = None
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Config:
+        def check_model(where: str, name: str | None) -> None:
+            if name is not None and name not in self.models:
+                raise ValueError(f"{where}.model: unknown model {name!r} (models: {', '.join(self.models)})")
+
+        check_model("defaults", self.defaults.model)
+        for i, rule in enumerate(self.indices):
+            check_model(f"indices.{i}", rule.model)
+        for name, variant in self.variants.items():
+            check_model(f"variants.{name}", variant.model)
+            if name == "control":
+                raise ValueError("variants.control: `control` is reserved for the un-varied settings")
+        if self.ab:
+            unknown = [n for n in self.ab.weights if n != "control" and n not in self.variants]
+            if unknown:
+                raise ValueError(f"ab.weights: unknown variant(s) {', '.join(unknown)}")
+        return self
+
+    def model_name(self, settings: RerankSettings) -> str:
+        return settings.model or next(iter(self.models))
+
+    def rule_for(self, index: str) -> IndexRule | None:
+        return next((rule for rule in self.indices if rule.matches(index)), None)
+
+    def with_overrides(self, *, listen: str | None = None, upstreams: list[str] | None = None) -> Config:
+        data = self.model_dump(by_alias=True, exclude_unset=True)
+        if listen:
+            data["listen"] = listen
+        if upstreams:
+            data["upstreams"] = upstreams
+        return parse_config(data, origin="command line")
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{origin}: {loc}: {msg}" + (f" (got {e['input']!r})" if e["type"] == "extra_forbidden" else ""))
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, origin: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at the top level")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data if data is not None else {}, origin=str(path))

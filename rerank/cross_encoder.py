@@ -1,0 +1,50 @@
+"""Sequence-classification rerankers on (query, document) pairs (bge-reranker, ms-marco MiniLM, mxbai-rerank-v1).
+
+Scores equal sentence-transformers' `CrossEncoder.predict` defaults for the same folder: the activation the model
+saved (ms-marco models save Identity), else sigmoid for one label and the raw logits otherwise; with several labels
+the positive class (label 1) is the score.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from rerank.loading import TransformersScorer, batches, read_json
+from rerank.spec import ModelSpec
+
+
+def activation(path: str, config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation sentence-transformers would apply to this model's logits by default."""
+    saved = (
+        (read_json(path, "config_sentence_transformers.json") or {}).get("activation_fn")
+        or (getattr(config, "sentence_transformers", None) or {}).get("activation_fn")
+        or getattr(config, "sbert_ce_default_activation_function", None)  # written by sentence-transformers < 4
+    )
+    # Like sentence-transformers without trust_remote_code, only torch's own activations are honoured.
+    if isinstance(saved, str) and saved.startswith("torch."):
+        module, _, cls = saved.rpartition(".")
+        return getattr(importlib.import_module(module), cls)()
+    return torch.sigmoid if config.num_labels == 1 else torch.nn.Identity()
+
+
+class CrossEncoderScorer(TransformersScorer):
+    def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
+        super().__init__(spec, AutoModelForSequenceClassification, name)
+        self.activation = activation(self.path, self.model.config)
+        self.label = 0 if self.model.config.num_labels == 1 else 1
+
+    def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        if not docs:
+            return []
+        # Cut the document and keep the query, unless the query alone would eat most of the budget.
+        truncation = "only_second" if self.count_tokens(query) <= self.max_length // 2 else "longest_first"
+        scores: list[float] = []
+        with torch.inference_mode():
+            for batch in batches(docs, self.spec.batch_size):
+                output, _ = self._forward([query] * len(batch), batch, truncation)
+                # float64 so sigmoid-squashed scores of very relevant documents do not tie at 1.0
+                scores += self.activation(output.logits.double())[:, self.label].tolist()
+        return scores

@@ -1,0 +1,131 @@
+"""Shared loading for the local transformers backends: where the weights are, which device, which dtype.
+
+Both the bi-encoder and the cross-encoder load a tokenizer plus a model the same way and batch the same way; that
+part lives here (`TransformersScorer`) so each backend only says how it turns model outputs into scores.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from transformers import AutoTokenizer, BatchEncoding
+from transformers.utils import cached_file
+
+from rerank.backend import ModelLoadError
+from rerank.spec import ModelSpec
+
+PACKAGE_PREFIX = "package:"
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
+_TRUTHY = {"1", "true", "yes", "on"}
+
+
+def resolve_source(source: str) -> str:
+    """A `ModelSpec.source` as `from_pretrained` takes it: a package's model folder, a local folder, or a hub id."""
+    if source.startswith(PACKAGE_PREFIX):
+        return str(_package_model_dir(source[len(PACKAGE_PREFIX) :].strip(), source))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model source {source!r}: folder has no config.json")
+        return str(path)
+    # Anything path-shaped that is not a folder is a typo, not a hub id: say so instead of asking the hub.
+    if path.exists() or path.is_absolute() or source.startswith((".", "~")):
+        raise ModelLoadError(f"model source {source!r}: no such model folder")
+    return source
+
+
+def _package_model_dir(package: str, source: str) -> Path:
+    try:
+        found = importlib.util.find_spec(package) if package else None
+    except (ImportError, ValueError):  # a dotted name whose parent package is missing
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError(f"model source {source!r}: no installed Python package named {package!r}")
+    for root in found.submodule_search_locations:
+        # Shallowest first; sentence-transformers folders also hold module configs (1_Pooling/config.json),
+        # so the model folder is the one whose config.json sits beside weights.
+        for config in sorted(Path(root).rglob("config.json"), key=lambda p: (len(p.parts), str(p))):
+            if any(next(config.parent.glob(pattern), None) for pattern in _WEIGHT_GLOBS):
+                return config.parent
+    raise ModelLoadError(f"model source {source!r}: package {package!r} holds no model folder (config.json + weights)")
+
+
+def pick_device(device: str) -> torch.device:
+    """`auto` = the best accelerator present (cuda, then mps), else cpu; anything else as torch spells it."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"device {device!r}: {exc}") from exc
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE read at call time: huggingface_hub reads it once at import, which may predate the setting."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
+
+
+def read_json(path_or_id: str, filename: str) -> dict[str, Any] | None:
+    """An optional side file of a model folder or hub repo (e.g. `1_Pooling/config.json`); None when absent."""
+    found = cached_file(
+        path_or_id,
+        filename,
+        local_files_only=hub_offline(),
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
+
+
+def batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+class TransformersScorer:
+    """Tokenizer + model loaded once from a spec; subclasses implement `score` on top of `_forward`."""
+
+    def __init__(self, spec: ModelSpec, model_cls: Any, name: str | None = None) -> None:
+        self.name = name or spec.source
+        self.spec = spec
+        if spec.threads:
+            torch.set_num_threads(spec.threads)  # process-wide: torch has no per-model thread pool
+        self.device = pick_device(spec.device)
+        self.path = resolve_source(spec.source)
+        offline = hub_offline()
+        try:
+            # Model first: its errors (missing weights, unknown architecture) say more than the tokenizer's.
+            model = model_cls.from_pretrained(self.path, dtype=DTYPES[spec.dtype], local_files_only=offline)
+            self.model = model.to(self.device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=offline)
+        except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/...: one error type for callers
+            where = "" if self.path == spec.source else f" (resolved to {self.path})"
+            raise ModelLoadError(f"cannot load model {spec.source!r}{where}: {type(exc).__name__}: {exc}") from exc
+        self.max_length = self._max_length()
+
+    def _max_length(self) -> int:
+        # Never feed more than the tokenizer or the position embeddings allow, whatever the config asks for.
+        limits = [self.spec.max_length, self.tokenizer.model_max_length]
+        limits.append(getattr(self.model.config, "max_position_embeddings", None) or self.spec.max_length)
+        return int(min(limits))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` alone, before truncation and without special tokens (what budgets and chunking need)."""
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def _forward(
+        self, texts: list[str], pairs: list[str] | None = None, truncation: bool | str = True
+    ) -> tuple[Any, BatchEncoding]:
+        """One padded batch through the model; call under `torch.inference_mode()`."""
+        encoded = self.tokenizer(
+            texts, pairs, padding=True, truncation=truncation, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        return self.model(**encoded), encoded

@@ -1,0 +1,22 @@
+"""Backend name -> scorer class, imported lazily so config validation and remote-only setups need no torch."""
+from __future__ import annotations
+
+import importlib
+
+from rerank.backend import ModelLoadError, Scorer
+from rerank.spec import ModelSpec
+
+# One line per backend: "module:Class", constructed as Class(spec, name=name).
+BACKENDS: dict[str, str] = {
+    "bi-encoder": "rerank.bi_encoder:BiEncoderScorer",
+    "cross-encoder": "rerank.cross_encoder:CrossEncoderScorer",
+}
+
+
+def load_scorer(name: str, spec: ModelSpec) -> Scorer:
+    """Load the model `spec` describes under the config name `name`; every failure is a ModelLoadError."""
+    target = BACKENDS.get(spec.backend)
+    if target is None:
+        raise ModelLoadError(f"model {name!r}: unknown backend {spec.backend!r} (known: {', '.join(BACKENDS)})")
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)(spec, name=name)

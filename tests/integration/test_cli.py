@@ -1,0 +1,164 @@
+"""`rerank-proxy serve` as a process: config errors, SIGHUP reload, bounded memory on a huge streamed `_bulk`."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from tests.integration.conftest import proxy_config, raw
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "proxy.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Serve:
+    """`rerank-proxy serve` in a subprocess; ready when the health endpoint answers."""
+
+    def __init__(self, config_path: Path, upstream: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [*CLI, "serve", "--config", str(config_path), "--listen", f"127.0.0.1:{self.port}",
+                     "--upstream", upstream]
+
+    def __enter__(self) -> Serve:
+        self.process = subprocess.Popen(self.args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+
+        def read() -> None:
+            for line in self.process.stdout:  # type: ignore[union-attr]
+                with self._changed:
+                    self.lines.append(line.decode(errors="replace"))
+                    self._changed.notify_all()
+            with self._changed:
+                self.lines.append("<process exited>")
+                self._changed.notify_all()
+
+        threading.Thread(target=read, daemon=True).start()
+        self.wait_for_log("serving on", 120)
+        return self
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: any(text in line or line == "<process exited>" for line in self.lines), timeout
+            )
+            assert found and any(text in line for line in self.lines), "".join(self.lines)
+
+    def peak_rss_kb(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+def test_bad_config_refuses_to_start_naming_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"models": {"m": {"backend": "bi-encoder", "source": "x"}},
+                                    "indices": [{"match": "a", "windw": 3}]}))
+    result = subprocess.run([*CLI, "serve", "--config", str(path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "indices.0.windw" in result.stderr and "not starting" in result.stderr
+
+
+def test_shipped_config_serves_and_sighup_reloads_it(scifact_es, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text((REPO / "config.yaml").read_text())
+    body = orjson.dumps({"query": {"match": {"title": "vitamin D bone"}}})
+    with Serve(path, scifact_es) as serve:
+        assert raw("POST", f"{serve.url}/scifact/_search", body).headers["X-Rerank-Status"] == "reranked"
+        path.write_text(path.read_text().replace("  enabled: true\n", "  enabled: false\n", 1))
+        serve.process.send_signal(signal.SIGHUP)
+        serve.wait_for_log("config reloaded")
+        assert raw("POST", f"{serve.url}/scifact/_search", body).headers["X-Rerank-Status"] == "skipped; reason=disabled"
+
+
+def test_a_200_mb_bulk_streams_through_with_bounded_memory(tmp_path):
+    """The cluster would refuse 200 MB (http.max_content_length is 100 MB), so a sink that reads and counts stands
+    in for it: what is measured is the proxy, which must stream rather than buffer."""
+    sink = _CountingSink()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(proxy_config(sink.url)))
+    line = b'{"index":{}}\n' + orjson.dumps({"text": "x" * 1000}) + b"\n"
+    chunk = line * 1000
+    total = 200 * 1024 * 1024
+    chunks = total // len(chunk)
+    with sink, Serve(path, sink.url) as serve:
+        before = serve.peak_rss_kb()
+
+        def body():
+            for _ in range(chunks):
+                yield chunk
+
+        import urllib3
+
+        response = urllib3.PoolManager().request(
+            "POST", f"{serve.url}/_bulk", body=body(), headers={"Content-Type": "application/x-ndjson"},
+            chunked=True, preload_content=True,
+        )
+        assert response.status == 200
+        assert sink.received == chunks * len(chunk)
+        growth_mb = (serve.peak_rss_kb() - before) / 1024
+        assert growth_mb < 40, f"proxy peak RSS grew by {growth_mb:.0f} MB"
+
+
+class _CountingSink:
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.headers.get("Transfer-Encoding") == "chunked":
+                    while (size := int(self.rfile.readline().strip(), 16)) > 0:
+                        sink.received += len(self.rfile.read(size))
+                        self.rfile.readline()
+                    self.rfile.readline()
+                else:
+                    remaining = int(self.headers.get("Content-Length", 0))
+                    while remaining:
+                        got = len(self.rfile.read(min(remaining, 1 << 20)))
+                        sink.received += got
+                        remaining -= got
+                payload = b'{"took":1,"errors":false,"items":[]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> _CountingSink:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
