@@ -62,14 +62,12 @@ def decide(
     *,
     force: str | None,
     query_text: str | None,
+    off_reason: str = "disabled",
 ) -> Decision:
-    """Checks run from the cheapest and most explicit to the most specific; the first that fails names the reason."""
+    """The client's explicit wish first, then what the request itself rules out, then configuration.
+    `settings` None means the searched indices have different rules; `off_reason` names a disabled config."""
     if force == "off":
         return Decision(False, "header-off")
-    if settings is None:
-        return Decision(False, "mixed-index-config")
-    if not settings.enabled and force != "on":
-        return Decision(False, "disabled")
     if body is None:
         body = {}
     if "scroll" in params or "scroll" in body:
@@ -86,6 +84,10 @@ def decide(
         return Decision(False, "bad-page")
     if page.size == 0:
         return Decision(False, "size-0")
+    if settings is None:
+        return Decision(False, "mixed-index-config")
+    if not settings.enabled and force != "on":
+        return Decision(False, off_reason)
     if page.from_ >= settings.window:
         return Decision(False, "page-past-window")
     if not query_text:

@@ -62,14 +62,12 @@ class Outcome:
 
 async def _settings(
     config: Config, resolver: IndexResolver, index: str | None, options: RequestOptions
-) -> tuple[RerankSettings | None, str | None]:
-    """The effective settings, and the skip reason when reranking is switched off for this search."""
+) -> tuple[RerankSettings | None, str]:
+    """The effective settings (None: the indices disagree), and what to call it if they switch reranking off."""
     resolution = await resolver.resolve(index)
     if resolution.settings is None:
-        return None, None
+        return None, "mixed-index-config"
     settings = apply_variant(config, resolution.settings, options.variant)
-    if settings.enabled or options.force == "on":
-        return settings, None
     varied = options.variant in config.variants and "enabled" in config.variants[options.variant].model_fields_set
     return settings, "disabled" if resolution.explicit or varied else "not-configured"
 
@@ -83,13 +81,11 @@ async def plan_search(
     options: RequestOptions,
 ) -> Plan:
     flat = dict(params)
-    settings, off = await _settings(config, resolver, index, options)
-    if off and options.force != "off":
-        return Plan(Decision(False, off), options.variant)
+    settings, off_reason = await _settings(config, resolver, index, options)
     query = options.query_override or (
         extract_query_text(body, flat, query_path=settings.query_path) if settings else None
     )
-    decision = decide(body, flat, settings, force=options.force, query_text=query)
+    decision = decide(body, flat, settings, force=options.force, query_text=query, off_reason=off_reason)
     if not decision.rerank:
         return Plan(decision, options.variant)
     assert settings is not None
@@ -121,15 +117,13 @@ async def plan_template(
 ) -> Plan:
     """Search templates hide the DSL; the query text and the page come from the template params named in config."""
     flat = dict(params)
-    settings, off = await _settings(config, resolver, index, options)
-    if off and options.force != "off":
-        return Plan(Decision(False, off), options.variant)
+    settings, off_reason = await _settings(config, resolver, index, options)
     tparams = body.get("params") if isinstance(body, Mapping) else None
     tparams = tparams if isinstance(tparams, Mapping) else {}
     names = settings.template_params if settings else None
     query = options.query_override or (tparams.get(names.query) if names else None)
     query = query if isinstance(query, str) and query.strip() else None
-    decision = decide(None, flat, settings, force=options.force, query_text=query)
+    decision = decide(None, flat, settings, force=options.force, query_text=query, off_reason=off_reason)
     if not decision.rerank:
         return Plan(decision, options.variant)
     assert settings is not None and names is not None and body is not None
