@@ -29,7 +29,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -58,6 +58,7 @@ class Arm:
     label: str
     base_url: str
     headers: dict[str, str] = field(default_factory=dict)
+    uses_model: bool = False  # leaves model work behind: wait for the proxy's model queue to empty after it
 
 
 @dataclass
@@ -87,6 +88,10 @@ class Case:
     name: str
     calls: Sequence[Call]
     arms: Sequence[Arm]  # arms[0] is the direct baseline every other arm is compared with
+
+
+# Waits until the proxy's model is idle (see `drain_model`).
+Drain = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -194,26 +199,43 @@ async def run_arm(
 
 
 async def run_case(
-    case: Case, concurrency: int, duration_s: float, warmup_s: float, rounds: int, max_requests: int, timeout_s: float
+    case: Case,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
+    rounds: int,
+    max_requests: int,
+    timeout_s: float,
+    drain: Drain,
 ) -> list[Stats]:
-    """One cell per arm. Rounds alternate the arm order (A B, B A, ...); each arm keeps its connections throughout."""
+    """One cell per arm. Rounds alternate the arm order (A B, B A, ...); each arm keeps its connections throughout.
+
+    The measured rounds continue through the query list where the warm-up stopped: a proxy that caches per
+    document would otherwise be measured on exactly the documents the warm-up just cached."""
     sessions = [_session(concurrency, timeout_s) for _ in case.arms]
     stats = [Stats() for _ in case.arms]
     position = [0] * len(case.arms)
+    per_round = duration_s / rounds
+    budget = max(1, max_requests // rounds)
     try:
-        if warmup_s > 0:
-            for session, arm in zip(sessions, case.arms):
-                await run_arm(session, arm, case.calls, concurrency, warmup_s, max_requests, 0, None)
-        per_round = duration_s / rounds
+        for a, arm in enumerate(case.arms):
+            if warmup_s > 0:
+                position[a] = await run_arm(sessions[a], arm, case.calls, concurrency, warmup_s, budget, 0, None)
+                if arm.uses_model:
+                    await drain()
         for r in range(rounds):
             order = list(range(len(case.arms)))
             if r % 2:
                 order.reverse()
             for a in order:
-                budget = max(1, max_requests // rounds)
+                arm = case.arms[a]
                 position[a] = await run_arm(
-                    sessions[a], case.arms[a], case.calls, concurrency, per_round, budget, position[a], stats[a]
+                    sessions[a], arm, case.calls, concurrency, per_round, budget, position[a], stats[a]
                 )
+                if arm.uses_model:
+                    # Searches that fell back at their deadline may still hold the model (a running batch is not
+                    # interrupted); that CPU must not be charged to the next arm.
+                    await drain()
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
     return stats
@@ -239,10 +261,11 @@ def check_loopback(url: str, what: str) -> str:
     return url.rstrip("/")
 
 
-async def _json(session: aiohttp.ClientSession, method: str, url: str, body: object = None, **kw: object) -> tuple[int, object]:
+async def _json(session: aiohttp.ClientSession, method: str, url: str, body: object = None) -> tuple[int, object]:
+    """A setup call: a dict body is sent as JSON, a bytes body as NDJSON (`_bulk`); returns status and decoded body."""
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/x-ndjson" if isinstance(body, bytes) else "application/json"}
-    async with session.request(method, url, data=data, headers=headers, **kw) as resp:
+    async with session.request(method, url, data=data, headers=headers) as resp:
         text = await resp.read()
         return resp.status, (json.loads(text) if text else None)
 
@@ -297,6 +320,28 @@ async def index_uuid(session: aiohttp.ClientSession, base: str, index: str) -> s
     return next(iter(reply.values()), {}).get("settings", {}).get("index", {}).get("uuid")
 
 
+async def drain_model(
+    session: aiohttp.ClientSession, proxy: str, index: str, doc_id: str, limit_s: float = 300
+) -> bool:
+    """Wait until every search queued at the proxy's model has been scored or dropped; False if it cannot tell.
+
+    The probe is a one-hit reranked search (an `ids` query, its query text in `X-Rerank-Query`): the model takes
+    jobs in order, so the probe comes back `reranked` only after everything queued before it has left the model.
+    A probe that meets its own deadline behind the backlog falls back and is simply sent again."""
+    body = json.dumps({"query": {"ids": {"values": [doc_id]}}}).encode()
+    headers = {"Content-Type": "application/json", "X-Rerank": "on", "X-Rerank-Query": "drain probe"}
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        async with session.post(f"{proxy}/{quote(index)}/_search", data=body, headers=headers) as resp:
+            await resp.read()
+            status = resp.headers.get("X-Rerank-Status", "")
+        if status.startswith("reranked"):
+            return True
+        if not status.startswith(("fallback", "partial")):
+            return False  # skipped: this proxy or config does not rerank the probe, so there is nothing to wait on
+    return False
+
+
 async def preflight(session: aiohttp.ClientSession, upstream: str, proxy: str, index: str, search: Call) -> str:
     """Both URLs reach the same index, and the proxy reranks it; returns the reranked search's X-Rerank-Status."""
     direct_uuid, proxied_uuid = await index_uuid(session, upstream, index), await index_uuid(session, proxy, index)
@@ -315,8 +360,15 @@ def _ms(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
+def _rate(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}" if value < 10 else f"{value:.0f}"
+
+
 def _ratio(num: float, den: float) -> str:
-    return "n/a" if math.isnan(num) or math.isnan(den) or den == 0 else f"{num / den:.2f}"
+    if math.isnan(num) or math.isnan(den) or den == 0:
+        return "n/a"
+    ratio = num / den
+    return f"{ratio:.3f}" if ratio < 0.1 else f"{ratio:.2f}" if ratio < 100 else f"{ratio:.0f}"
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
@@ -329,7 +381,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
         d, p = row.direct, row.proxy
         lines.append(
             f"| {row.case} | {row.concurrency} | {_ms(d.percentile(50))} | {_ms(d.percentile(99))} | "
-            f"{d.throughput:.0f} | {_ms(p.percentile(50))} | {_ms(p.percentile(99))} | {p.throughput:.0f} | "
+            f"{_rate(d.throughput)} | {_ms(p.percentile(50))} | {_ms(p.percentile(99))} | {_rate(p.throughput)} | "
             f"{_ratio(p.percentile(50), d.percentile(50))} | {_ratio(p.throughput, d.throughput)} | "
             f"{d.errors}/{p.errors} | {percent_mix(p.statuses) or '-'} |"
         )
@@ -394,26 +446,32 @@ async def main_async(args: argparse.Namespace) -> int:
     cases = []
     if "get" in args.cases:
         cases.append(Case("get", get_calls(index, ids), [direct, Arm("get (pass-through)", args.proxy)]))
-    search_arms = [direct]
     if "search" in args.cases:
-        search_arms.append(Arm("search (X-Rerank: off)", args.proxy, {"X-Rerank": "off"}))
+        cases.append(Case("search", searches, [direct, Arm("search (X-Rerank: off)", args.proxy, {"X-Rerank": "off"})]))
     if "rerank" in args.cases:
-        search_arms.append(Arm("rerank (X-Rerank: on, window 50)", args.proxy, {"X-Rerank": "on"}))
-    if len(search_arms) > 1:
-        cases.append(Case("search", searches, search_arms))
+        # Its own direct baseline, interleaved with it: the other cases stay free of the model's CPU load.
+        rerank = Arm("rerank (X-Rerank: on, window 50)", args.proxy, {"X-Rerank": "on"}, uses_model=True)
+        cases.append(Case("rerank", searches, [direct, rerank]))
 
     rows: list[Row] = []
     started = time.perf_counter()
-    for concurrency in args.concurrency:
-        for case in cases:
-            print(f"{case.name} x {concurrency}: {len(case.arms)} arms", file=sys.stderr, flush=True)
-            stats = await run_case(
-                case, concurrency, args.duration, args.warmup, args.rounds, args.max_requests, args.timeout
-            )
-            rows += [Row(arm.label, concurrency, stats[0], s) for arm, s in zip(case.arms[1:], stats[1:])]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as probe_session:
+
+        async def drain() -> None:
+            if not await drain_model(probe_session, args.proxy, index, ids[0]):
+                print("note: could not confirm the proxy's model queue is empty", file=sys.stderr)
+
+        if "rerank" in args.cases:
+            await drain()  # the preflight's reranked search
+        for concurrency in args.concurrency:
+            for case in cases:
+                print(f"{case.name} x {concurrency}", file=sys.stderr, flush=True)
+                stats = await run_case(
+                    case, concurrency, args.duration, args.warmup, args.rounds, args.max_requests, args.timeout, drain
+                )
+                rows += [Row(arm.label, concurrency, stats[0], s) for arm, s in zip(case.arms[1:], stats[1:])]
     labels = [arm.label for case in cases for arm in case.arms[1:]]
     rows.sort(key=lambda r: (labels.index(r.case), r.concurrency))
-
     print(
         f"proxy overhead: index `{index}`, {HITS}-hit `match` on `{args.field}`, {args.duration:g} s per cell "
         f"in {args.rounds} ABBA rounds, warm-up {args.warmup:g} s, {len(queries)} queries, {len(ids)} doc ids; "
@@ -422,8 +480,8 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     print(markdown_table(rows))
     print(
-        "\nratios: proxy p50 / direct p50 and proxy req/s / direct req/s; the rerank rows compare with the direct "
-        "search. Latency percentiles cover successful (HTTP 200) requests only."
+        "\nratios: proxy p50 / direct p50 and proxy req/s / direct req/s; the rerank rows compare with the same direct "
+        "search, measured interleaved with them. Latency percentiles cover successful (HTTP 200) requests only."
     )
     return 0
 

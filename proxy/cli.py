@@ -31,6 +31,10 @@ async def _serve(config_path: Path, listen: str | None, upstreams: list[str] | N
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rerank-proxy", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("RERANK_PROXY_LOG", "INFO"))
@@ -45,16 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--flavor", choices=("elasticsearch", "opensearch"), default="elasticsearch")
     demo.add_argument("--port", type=int, default=9201, help="the proxy's port")
     demo.add_argument("--queries", type=int, default=3, help="queries shown side by side")
+    demo.add_argument("--evaluate", type=int, default=40, help="judged queries scored for NDCG@10 (300 = all)")
     demo.add_argument("--no-serve", action="store_true", help="exit after the comparison instead of serving")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a server log is no place for weight-loading bars
     try:
         if args.command == "serve":
             return asyncio.run(_serve(args.config, args.listen, args.upstream))
         from .demo import run_demo
 
-        return asyncio.run(run_demo(args.flavor, args.port, args.queries, serve=not args.no_serve))
+        signal.signal(signal.SIGTERM, _interrupt)  # unwind, so the demo's cluster is stopped, not orphaned
+        return asyncio.run(run_demo(args.flavor, args.port, args.queries, args.evaluate, serve=not args.no_serve))
     except ConfigError as err:
         print(f"rerank-proxy: bad configuration, not starting:\n{err}", file=sys.stderr)
         return 2

@@ -43,6 +43,7 @@ def rewrite_hits(
             fields = hit.setdefault("fields", {})
             fields["_rerank.cluster_score"] = [cluster_score]
             fields["_rerank.cluster_rank"] = [hit_rank.position + 1]
+            fields["_rerank.model_score"] = [hit_rank.model_score]
             fields["_rerank.score"] = [hit_rank.score]
         ordered.append(hit)
     reranked_scores = [r.score for r in ranking if r.score is not None]

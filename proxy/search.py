@@ -175,7 +175,7 @@ async def finish(
         metrics.FALLBACKS.labels(plan.model, reason).inc()
         scores, status = [None] * window, f"fallback; reason={reason}"
     took_ms = (time.perf_counter() - started) * 1000
-    ranking = rank(len(hits), scores)
+    ranking = rank([hit.get("_score") for hit in hits], scores, plan.settings.fusion)
     rewritten = rewrite_hits(
         response, plan.view, ranking, extra_took_ms=round(took_ms), explain=options.explain, opensearch=opensearch
     )

@@ -178,6 +178,11 @@ class ProxyServer:
         except UpstreamUnavailable as err:
             metrics.UPSTREAM_ERRORS.labels("unreachable").inc()
             return es_error(502, "rerank_proxy_upstream_unavailable_exception", f"no cluster node reachable: {err}")
+        except (ConnectionError, asyncio.CancelledError):
+            raise  # the client went away: nothing to answer
+        except Exception as err:  # a bug of ours: say so in the cluster's error format rather than aiohttp's text
+            log.exception("error handling %s %s", request.method, request.path)
+            return es_error(500, "rerank_proxy_exception", f"{type(err).__name__}: {err}")
 
     # ---- pass-through -----------------------------------------------------------------------------------------
 

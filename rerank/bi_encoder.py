@@ -1,6 +1,8 @@
 """Embedding models (sentence-transformers folders or plain encoders): score = cosine(query, document)."""
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
@@ -56,6 +58,7 @@ class BiEncoderScorer(TransformersScorer):
         # The length the embedding model was trained for (sentence-transformers truncates there too).
         trained = (read_json(self.path, "sentence_bert_config.json") or {}).get("max_seq_length")
         self.max_length = min(self.max_length, trained or self.max_length)
+        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         # Always L2-normalised, Normalize module or not: we score by cosine.
@@ -67,5 +70,20 @@ class BiEncoderScorer(TransformersScorer):
             return []
         with torch.inference_mode():
             query_vec = self._embed([query])[0]
-            doc_vecs = torch.cat([self._embed(batch) for batch in batches(docs, self.spec.batch_size)])
+            doc_vecs = torch.stack(self._document_vectors(docs))
         return (doc_vecs @ query_vec).tolist()
+
+    def _document_vectors(self, docs: Sequence[str]) -> list[torch.Tensor]:
+        """Document embeddings do not depend on the query: each text is embedded once and kept in an LRU, and the
+        new ones are embedded in length-sorted batches so little of each batch is padding."""
+        keys = [hashlib.blake2b(d.encode("utf-8", "surrogatepass"), digest_size=16).digest() for d in docs]
+        found = {k: self._cache[k] for k in keys if k in self._cache}
+        new = sorted({k: d for k, d in zip(keys, docs) if k not in found}.items(), key=lambda kd: len(kd[1]))
+        for chunk in batches(new, self.spec.batch_size):
+            found.update(zip((k for k, _ in chunk), self._embed([d for _, d in chunk])))
+        for k in keys:
+            self._cache[k] = found[k]
+            self._cache.move_to_end(k)
+        while len(self._cache) > self.spec.cache_entries:
+            self._cache.popitem(last=False)
+        return [found[k] for k in keys]

@@ -10,6 +10,8 @@ from rerank.spec import ModelSpec
 BACKENDS: dict[str, str] = {
     "bi-encoder": "rerank.bi_encoder:BiEncoderScorer",
     "cross-encoder": "rerank.cross_encoder:CrossEncoderScorer",
+    "remote": "rerank.remote:RemoteScorer",
+    "mxbai-v2": "rerank.mxbai:MxbaiV2Scorer",
 }
 
 

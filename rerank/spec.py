@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+# Fields that only mean something for backend "remote"; setting one on a local backend is a config mistake.
+REMOTE_FIELDS = frozenset(
+    {"api", "remote_model", "api_key_env", "timeout_s", "retries", "retry_backoff_s", "max_texts_per_call",
+     "max_concurrency"}
+)
 
 
 class ModelSpec(BaseModel):
@@ -11,14 +19,62 @@ class ModelSpec(BaseModel):
 
     `source` is a Hugging Face hub id (`BAAI/bge-reranker-base`), a local folder, or `package:NAME` for a model
     folder shipped inside an installed Python package (found with importlib, works offline).
+    For backend `remote` it is the base URL of an HTTP reranking service (`http://rerank-gpu:7997`).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["bi-encoder", "cross-encoder"]
+    backend: Literal["bi-encoder", "cross-encoder", "remote", "mxbai-v2"]
     source: str = Field(min_length=1)
     device: str = Field("cpu", description="cpu, cuda, cuda:N, mps or auto")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_length: int = Field(512, gt=8, le=32768, description="tokens per (query, document) input")
     batch_size: int = Field(32, gt=0, le=4096)
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's own choice")
+    cache_entries: int = Field(
+        20_000, ge=0, description="bi-encoder: document embeddings kept (LRU), so a document is embedded once"
+    )
+
+    # backend "mxbai-v2" (see rerank/mxbai.py): max_length is its query + document budget, 8192 when unset, and
+    # dtype defaults to bfloat16 when the device is a GPU.
+    instruction: str | None = Field(
+        None, min_length=1, description="mxbai-v2: instruction put before every query (e.g. what counts as relevant)"
+    )
+
+    # backend "remote" (see rerank/remote.py)
+    api: Literal["cohere", "tei"] = Field(
+        "cohere", description="remote: cohere = POST {source}/v1/rerank (Cohere, Jina, vLLM, Infinity); "
+        "tei = POST {source}/rerank (text-embeddings-inference)"
+    )
+    remote_model: str | None = Field(None, min_length=1, description="remote: model name sent to the service")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="remote: name of the environment variable holding a bearer token (the token never goes in config)",
+    )
+    timeout_s: float = Field(10.0, gt=0, le=300, description="remote: seconds one HTTP attempt may take")
+    retries: int = Field(2, ge=0, le=10, description="remote: extra attempts after a connection error, 429 or 5xx")
+    retry_backoff_s: float = Field(
+        0.2, ge=0, le=30, description="remote: wait before the first retry, doubled for each next one, with jitter"
+    )
+    max_texts_per_call: int = Field(
+        32, gt=0, le=10_000, description="remote: documents per HTTP call; more are split into concurrent calls "
+        "(TEI refuses more than 32 by default)"
+    )
+    max_concurrency: int = Field(4, gt=0, le=256, description="remote: HTTP calls in flight at once for this model")
+
+    @model_validator(mode="after")
+    def _remote_fields_fit_backend(self) -> ModelSpec:
+        if self.backend == "remote":
+            url = urlsplit(self.source)
+            if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
+                raise ValueError(f"source: backend 'remote' needs the service's base URL (http[s]://host:port), "
+                                 f"got {self.source!r}")
+        elif stray := sorted(REMOTE_FIELDS & self.model_fields_set):
+            raise ValueError(f"{', '.join(stray)}: only valid with backend 'remote', not {self.backend!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _instruction_needs_mxbai(self) -> ModelSpec:
+        if self.instruction is not None and self.backend != "mxbai-v2":
+            raise ValueError(f"instruction: only valid with backend 'mxbai-v2', not {self.backend!r}")
+        return self

@@ -17,13 +17,17 @@ def proxy_config(upstream: str, **extra: Any) -> dict[str, Any]:
     return {
         "upstreams": [upstream],
         "models": {"minilm": MINILM},
-        "defaults": {"window": WINDOW, "text": {"max_tokens": 256}},
+        "defaults": {"window": WINDOW, "text": {"max_tokens": 256}, "fusion": {"mode": "replace"}},
         "indices": [
             {"match": "scifact", "text": {"fields": ["title", "text"], "max_tokens": 256}},
             {"match": "plain-*", "enabled": False},
             {"match": ".*", "enabled": False},
         ],
-        "variants": {"small": {"window": 5}, "no-rerank": {"enabled": False}},
+        "variants": {
+            "small": {"window": 5},
+            "no-rerank": {"enabled": False},
+            "fused": {"fusion": {"mode": "linear", "weight": 0.5}},
+        },
         **extra,
     }
 

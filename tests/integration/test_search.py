@@ -6,6 +6,7 @@ import json
 import orjson
 import pytest
 
+from rerank.ranking import Fusion, rank
 from rerank.registry import load_scorer
 from rerank.spec import ModelSpec
 from rerank.text import TextConfig, build_document_text
@@ -183,6 +184,15 @@ def test_variant_header_applies_its_window(target, minilm):
     headers = raw("POST", f"{target.proxy}/scifact/_search", orjson.dumps({"query": match()}),
                   {"X-Rerank-Variant": "small"}).headers
     assert headers["X-Rerank-Variant"] == "small"
+
+
+def test_linear_fusion_variant_orders_by_the_fused_score(target, minilm):
+    response = target.search(target.proxy, headers={"X-Rerank-Variant": "fused"}, query=match(), size=WINDOW)
+    hits = target.search(target.direct, query=match(), size=WINDOW)["hits"]["hits"]
+    model = minilm.score(QUERY, [build_document_text(h["_source"], TEXT) for h in hits])
+    expected = rank([h["_score"] for h in hits], model, Fusion(mode="linear", weight=0.5))
+    assert [h["_id"] for h in response["hits"]["hits"]] == [hits[r.position]["_id"] for r in expected]
+    assert [h["_score"] for h in response["hits"]["hits"]] == pytest.approx([r.score for r in expected], abs=1e-4)
 
 
 def test_unknown_variant_is_a_clear_es_style_error(target):

@@ -2,7 +2,11 @@ from proxy.decide import Page
 from proxy.request_rewrite import ClientView
 from proxy.response_rewrite import apply_client_filter_path, rewrite_hits
 from proxy.view import SourceFilter
-from rerank.ranking import rank
+from rerank.ranking import Fusion, rank as fused_rank
+
+
+def rank(n, scores):
+    return fused_rank([float(10 - i) for i in range(n)], scores, Fusion(mode="replace"))
 
 
 def response(n):
@@ -42,7 +46,8 @@ def test_the_clients_source_view_is_restored_on_widened_requests():
 def test_explain_adds_cluster_rank_score_and_rerank_score_as_fields():
     out = rewrite_hits(response(2), view(), rank(2, [0.2, 0.8]), extra_took_ms=0, explain=True)
     first = out["hits"]["hits"][0]
-    assert first["fields"] == {"_rerank.cluster_score": [9.0], "_rerank.cluster_rank": [2], "_rerank.score": [0.8]}
+    assert first["fields"] == {"_rerank.cluster_score": [9.0], "_rerank.cluster_rank": [2],
+                               "_rerank.model_score": [0.8], "_rerank.score": [0.8]}
 
 
 def test_fallback_ranking_keeps_cluster_order_and_scores():

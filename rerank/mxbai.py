@@ -1,0 +1,138 @@
+"""mxbai-rerank-v2 (mixedbread's Qwen-2.5 rerankers, base 0.5B and large 1.5B): a causal LM asked for 1 or 0.
+
+The models were trained on one fixed prompt, so it is rebuilt token for token as mixedbread's `mxbai-rerank`
+library builds it (tests/unit/test_mxbai.py pins parity with that library on the same weights):
+
+    <chat prefix>[instruction: I\\n]query: Q\\ndocument: D\\n<task prompt><chat suffix>
+
+Each piece is tokenized on its own and the ids are concatenated; tokenizing the joined string would merge
+across piece boundaries and give other ids. The score is logit("1") - logit("0") at the last position, i.e. the
+log-odds of "relevant"; only that position's logits are computed (`logits_to_keep=1`), which matters with a
+151936-word vocabulary.
+
+Token budget (`max_length`, default 8192, excludes the fixed template): the query part keeps at most 3/4 of it,
+"\\n" + the document part fills what is left, both cut at the end; a budget that would overflow the position
+embeddings together with the template shrinks to fit.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from rerank.loading import TransformersScorer, pick_device
+from rerank.spec import ModelSpec
+
+SEP = "\n"
+CHAT_PREFIX = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n"
+)
+CHAT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
+TASK_PROMPT = (
+    "You are a search relevance expert who evaluates how well documents match search queries. For each "
+    "query-document pair, carefully analyze the semantic relationship between them, then provide your binary "
+    "relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:"
+)
+RELEVANT, NOT_RELEVANT = "1", "0"
+DEFAULT_MAX_LENGTH = 8192
+QUERY_SHARE = (3, 4)  # the query part may take at most 3/4 of the budget; the rest is the document's
+PAD_MULTIPLE = 8  # padded widths are multiples of 8 (tensor-core friendly, and what the reference does)
+
+
+def query_part(query: str, instruction: str | None = None) -> str:
+    text = f"query: {query}"
+    return f"instruction: {instruction}{SEP}{text}" if instruction else text
+
+
+def document_part(doc: str) -> str:
+    return f"document: {doc}"
+
+
+def prompt_text(query: str, doc: str, instruction: str | None = None) -> str:
+    """The whole prompt as text, untruncated (what the model reads; the ids are built piecewise, see above)."""
+    return CHAT_PREFIX + query_part(query, instruction) + SEP + document_part(doc) + SEP + TASK_PROMPT + CHAT_SUFFIX
+
+
+def backend_defaults(spec: ModelSpec) -> ModelSpec:
+    """This backend's own defaults for fields the config left unset: an 8k budget, and bfloat16 on a GPU."""
+    update: dict[str, object] = {}
+    if "max_length" not in spec.model_fields_set:
+        update["max_length"] = DEFAULT_MAX_LENGTH
+    if "dtype" not in spec.model_fields_set and pick_device(spec.device).type == "cuda":
+        update["dtype"] = "bfloat16"
+    return spec.model_copy(update=update) if update else spec
+
+
+class MxbaiV2Scorer(TransformersScorer):
+    def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
+        super().__init__(backend_defaults(spec), AutoModelForCausalLM, name)
+        if self.model.config._attn_implementation != "sdpa":
+            self.model.set_attn_implementation("sdpa")
+        self.instruction = self.spec.instruction
+        self.prefix_ids = self._ids(CHAT_PREFIX)
+        self.sep_ids = self._ids(SEP)
+        self.suffix_ids = self.sep_ids + self._ids(TASK_PROMPT) + self._ids(CHAT_SUFFIX)
+        self.relevant_id = self._ids(RELEVANT)[0]
+        self.not_relevant_id = self._ids(NOT_RELEVANT)[0]
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        template = len(self.prefix_ids) + len(self.suffix_ids)
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions and self.max_length + template > positions:
+            self.max_length = positions - template
+
+    def _max_length(self) -> int:
+        # The budget excludes the template, so the generic min(config, tokenizer, positions) does not apply;
+        # __init__ fits it to the position embeddings once the template's length is known.
+        return self.spec.max_length
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def query_ids(self, query: str) -> list[int]:
+        return self._ids(query_part(query, self.instruction))[: self.max_length * QUERY_SHARE[0] // QUERY_SHARE[1]]
+
+    def assemble(self, query_ids: list[int], document_ids: list[int]) -> list[int]:
+        """Template + query + "\\n" + document, the document cut so query and document fit `max_length`."""
+        body = (self.sep_ids + document_ids)[: self.max_length - len(query_ids)]
+        return self.prefix_ids + query_ids + body + self.suffix_ids
+
+    def encode(self, query: str, docs: Sequence[str]) -> list[list[int]]:
+        """The model's input ids for each (query, document) pair, unpadded."""
+        query_ids = self.query_ids(query)
+        parts = [document_part(doc) for doc in docs]
+        documents = self.tokenizer(parts, add_special_tokens=False, verbose=False)["input_ids"] if parts else []
+        return [self.assemble(query_ids, ids) for ids in documents]
+
+    def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        if not docs:
+            return []
+        rows = self.encode(query, docs)
+        # Longest first, so similar lengths share a batch (little padding) and memory trouble shows up at once.
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        scores = [0.0] * len(rows)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.spec.batch_size):
+                chunk = order[start : start + self.spec.batch_size]
+                for i, value in zip(chunk, self._score_rows([rows[i] for i in chunk])):
+                    scores[i] = value
+        return scores
+
+    def _score_rows(self, rows: list[list[int]]) -> list[float]:
+        """One left-padded batch: every row ends at the last column, where the answer token would go."""
+        width = -(-max(map(len, rows)) // PAD_MULTIPLE) * PAD_MULTIPLE
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, width - len(row) :] = 1
+        logits = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            use_cache=False,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        # The difference in float32: rounding it to bfloat16 would cost up to ~0.03 at typical magnitudes.
+        return (logits[:, self.relevant_id].float() - logits[:, self.not_relevant_id].float()).tolist()
