@@ -19,4 +19,5 @@ RELOADS = Counter("rerank_proxy_config_reloads_total", "config reloads", ["resul
 def record_search(status: str, variant: str) -> None:
     outcome, _, rest = status.partition(";")
     reason = rest.strip().removeprefix("reason=") if outcome in ("skipped", "fallback") else ""
+    outcome = outcome.strip()
     SEARCHES.labels(outcome, reason, variant).inc()

@@ -80,6 +80,8 @@ async def plan_search(
     params: Sequence[tuple[str, str]],
     options: RequestOptions,
 ) -> Plan:
+    if options.force == "off":  # before resolving: no alias lookup for a search that is relayed as is
+        return Plan(Decision(False, "header-off"), options.variant)
     flat = dict(params)
     settings, off_reason = await _settings(config, resolver, index, options)
     query = options.query_override or (
@@ -116,6 +118,8 @@ async def plan_template(
     options: RequestOptions,
 ) -> Plan:
     """Search templates hide the DSL; the query text and the page come from the template params named in config."""
+    if options.force == "off":
+        return Plan(Decision(False, "header-off"), options.variant)
     flat = dict(params)
     settings, off_reason = await _settings(config, resolver, index, options)
     tparams = body.get("params") if isinstance(body, Mapping) else None
@@ -147,6 +151,13 @@ async def plan_template(
     )
 
 
+_FALLBACK_REASONS: dict[type, str] = {
+    ModelUnavailable: "model-unavailable",
+    Overloaded: "overloaded",
+    asyncio.TimeoutError: "deadline",
+}
+
+
 def _cluster_hits(response: Any) -> list[dict[str, Any]] | None:
     hits = response.get("hits", {}).get("hits") if isinstance(response, dict) else None
     return hits if isinstance(hits, list) else None
@@ -159,19 +170,18 @@ async def finish(
     `opensearch`: the cluster's flavour, whose `_source`/`filter_path` shaping differs in detail."""
     assert plan.settings is not None and plan.view is not None and plan.model and plan.query
     hits = _cluster_hits(response)
-    if hits is None:  # an error or an unexpected shape: nothing to rerank, the client's view still applies
-        return Outcome(response, "skipped; reason=no-hits", 0.0)  # an error item: the cluster never filters those
+    if hits is None:  # an `_msearch` error item: returned as sent (the cluster never filters errors either)
+        return Outcome(response, "skipped; reason=no-hits", 0.0)
     window = len(hits) if plan.window is None else min(plan.window, len(hits))
     texts = [build_document_text(hit.get("_source"), plan.settings.text) for hit in hits[:window]]
     started = time.perf_counter()
     scores: Sequence[float | None]
     try:
         scores = await engine.score(plan.model, plan.query, texts, plan.settings.timeout_ms / 1000)
-        status = "reranked"
-    except (ModelUnavailable, Overloaded, asyncio.TimeoutError, Exception) as err:  # never fail a search for the model
-        reason = {ModelUnavailable: "model-unavailable", Overloaded: "overloaded"}.get(type(err), "model-error")
-        if isinstance(err, asyncio.TimeoutError):
-            reason = "deadline"
+        scored = sum(s is not None for s in scores)
+        status = "reranked" if scored == len(scores) else f"partial; reranked={scored}"
+    except Exception as err:  # never fail a search because of the model
+        reason = _FALLBACK_REASONS.get(type(err), "model-error")
         metrics.FALLBACKS.labels(plan.model, reason).inc()
         scores, status = [None] * window, f"fallback; reason={reason}"
     took_ms = (time.perf_counter() - started) * 1000

@@ -242,8 +242,8 @@ class ProxyServer:
         try:
             body = orjson.loads(text) if text.strip() else None
         except orjson.JSONDecodeError:
-            body = ...
-        if body is ... or (body is not None and not isinstance(body, dict)):
+            body = []  # not an object: the cluster answers with its own parse error
+        if body is not None and not isinstance(body, dict):
             return await self._skip(request, state, raw, options, ["skipped; reason=bad-request"])
         planner = plan_template if kind is Kind.SEARCH_TEMPLATE else plan_search
         plan = await planner(state.config, state.resolver, index, body, params, options)

@@ -66,6 +66,8 @@ def backend_defaults(spec: ModelSpec) -> ModelSpec:
 
 
 class MxbaiV2Scorer(TransformersScorer):
+    """Scores = log-odds of "relevant" from a Qwen2 causal LM, in length-sorted, left-padded batches."""
+
     def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
         super().__init__(backend_defaults(spec), AutoModelForCausalLM, name)
         if self.model.config._attn_implementation != "sdpa":

@@ -90,7 +90,8 @@ def reference_case(folder: Path, case: dict[str, Any]) -> dict[str, Any]:
             instruction=case["instruction"],
         )
         scores = [r.score for r in sorted(results, key=lambda r: r.index)]
-    return {**case, "input_ids": input_ids, "scores": scores, "weights_sha256_loaded": loaded_weights_sha256(ranker.model)}
+    loaded = loaded_weights_sha256(ranker.model)
+    return {**case, "input_ids": input_ids, "scores": scores, "weights_sha256_loaded": loaded}
 
 
 def build_fixture(name: str) -> dict[str, Any]:

@@ -19,7 +19,10 @@ import torch
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Qwen2's pre-tokenizer split (as transformers' Qwen2Tokenizer rebuilds it): with exactly this pipeline saved,
 # transformers 4 (which reads tokenizer.json as is) and 5 (which rebuilds it from vocab + merges) tokenize alike.
-QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 # The training text: search-flavoured English so the prompt words get merged tokens; digits stay single bytes.
 _CORPUS = """\

@@ -1,0 +1,110 @@
+"""The search pipeline's steps before and after the cluster, without a network."""
+import asyncio
+
+import pytest
+
+from proxy.config import parse_config
+from proxy.resolve import IndexResolver
+from proxy.search import RequestOptions, finish, plan_search, plan_template
+from rerank.engine import ModelUnavailable
+
+CONFIG = parse_config({
+    "models": {"m": {"backend": "bi-encoder", "source": "x"}},
+    "defaults": {"window": 4, "fusion": {"mode": "replace"}, "text": {"fields": ["t"]}},
+    "indices": [{"match": "off-*", "enabled": False}],
+    "variants": {"tiny": {"window": 2}},
+})
+OPTIONS = RequestOptions(force=None, variant="control", query_override=None, explain=False)
+
+
+async def no_aliases(name):
+    return []
+
+
+def plan(body, params=(), index="docs", options=OPTIONS, planner=plan_search):
+    return asyncio.run(planner(CONFIG, IndexResolver(CONFIG, no_aliases), index, body, list(params), options))
+
+
+class Engine:
+    """Stands in for the scoring engine: fixed scores, or an error, per call."""
+
+    def __init__(self, result):
+        self.result, self.calls = result, []
+
+    async def score(self, model, query, docs, timeout_s):
+        self.calls.append((model, query, list(docs)))
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def cluster_response(n):
+    return {"took": 1, "hits": {"max_score": 9.0, "hits": [
+        {"_id": str(i), "_score": float(9 - i), "_source": {"t": f"text {i}"}} for i in range(n)]}}
+
+
+def test_plan_carries_query_model_window_and_rewritten_body():
+    p = plan({"query": {"match": {"t": "hello"}}, "size": 2})
+    assert p.decision.rerank and (p.query, p.model, p.window) == ("hello", "m", 4)
+    assert (p.upstream_body["from"], p.upstream_body["size"]) == (0, 4)
+
+
+def test_disabled_rule_and_unconfigured_defaults_are_told_apart():
+    assert plan({"query": {"match": {"t": "x"}}}, index="off-1").decision.reason == "disabled"
+    forced = RequestOptions(force="on", variant="control", query_override=None, explain=False)
+    assert plan({"query": {"match": {"t": "x"}}}, index="off-1", options=forced).decision.rerank
+
+
+def test_query_header_overrides_the_dsl():
+    options = RequestOptions(force=None, variant="control", query_override="typed text", explain=False)
+    assert plan({"query": {"match_all": {}}}, options=options).query == "typed text"
+
+
+def test_template_plan_takes_the_query_and_page_from_the_configured_params():
+    body = {"id": "tpl", "params": {"query_string": "find me", "from": 1, "size": 2}}
+    p = plan(body, planner=plan_template)
+    assert p.decision.rerank and p.query == "find me"
+    assert p.upstream_body == {"id": "tpl", "params": {"query_string": "find me", "from": 0, "size": 4}}
+    assert (p.view.page.from_, p.view.page.size) == (1, 2)
+
+
+def test_template_without_the_query_param_is_skipped():
+    assert plan({"id": "tpl", "params": {}}, planner=plan_template).decision.reason == "no-query-text"
+
+
+def test_template_without_a_size_param_reranks_what_it_returns():
+    p = plan({"id": "tpl", "params": {"query_string": "q"}}, planner=plan_template)
+    assert p.window is None and p.upstream_body["params"] == {"query_string": "q"}
+
+
+def finish_with(engine, n=4, body=None):
+    p = plan(body or {"query": {"match": {"t": "hello"}}, "size": 4})
+    return asyncio.run(finish(p, cluster_response(n), engine, OPTIONS, opensearch=False))
+
+
+def test_finish_reorders_by_the_models_scores():
+    outcome = finish_with(Engine([0.1, 0.4, 0.3, 0.2]))
+    assert [h["_id"] for h in outcome.response["hits"]["hits"]] == ["1", "2", "3", "0"]
+    assert outcome.status == "reranked"
+
+
+def test_finish_sends_the_built_texts_of_the_window_only():
+    engine = Engine([0.0] * 4)
+    finish_with(engine, n=6)
+    assert engine.calls == [("m", "hello", ["text 0", "text 1", "text 2", "text 3"])]
+
+
+def test_partial_scores_put_the_scored_hits_first_and_say_how_many():
+    outcome = finish_with(Engine([None, 0.5, None, 0.9]))
+    assert [h["_id"] for h in outcome.response["hits"]["hits"]] == ["3", "1", "0", "2"]
+    assert outcome.status == "partial; reranked=2"
+
+
+@pytest.mark.parametrize(
+    "error,reason",
+    [(ModelUnavailable("loading"), "model-unavailable"), (TimeoutError(), "deadline"), (RuntimeError("x"), "model-error")],
+)
+def test_model_trouble_falls_back_to_the_cluster_order(error, reason):
+    outcome = finish_with(Engine(error))
+    assert [h["_id"] for h in outcome.response["hits"]["hits"]] == ["0", "1", "2", "3"]
+    assert outcome.status == f"fallback; reason={reason}"
