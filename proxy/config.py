@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from rerank.chunking import Chunking
 from rerank.ranking import Fusion
 from rerank.spec import ModelSpec
 from rerank.text import TextConfig
@@ -49,6 +50,7 @@ class RerankSettings(_Strict):
     template_params: TemplateParams = TemplateParams()
     timeout_ms: int = Field(5_000, gt=0, description="model time budget per search before falling back")
     fusion: Fusion = Fusion()
+    chunking: Chunking | None = Field(None, description="score long documents by their best chunk")
 
 
 class SettingsOverride(_Strict):
@@ -62,6 +64,7 @@ class SettingsOverride(_Strict):
     template_params: TemplateParams | None = None
     timeout_ms: int | None = Field(None, gt=0)
     fusion: Fusion | None = None
+    chunking: Chunking | None = None
 
     def apply_to(self, base: RerankSettings) -> RerankSettings:
         changes = {k: getattr(self, k) for k in self.model_fields_set if k in RerankSettings.model_fields}

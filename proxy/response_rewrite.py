@@ -27,6 +27,7 @@ def rewrite_hits(
     extra_took_ms: int,
     explain: bool,
     opensearch: bool = False,
+    best_chunks: Sequence[int | None] | None = None,
 ) -> dict[str, Any]:
     """Reorders `hits.hits` (a shallow copy; the cluster's dicts are updated in place) and slices the client's page."""
     hits_section = response.get("hits")
@@ -45,6 +46,8 @@ def rewrite_hits(
             fields["_rerank.cluster_rank"] = [hit_rank.position + 1]
             fields["_rerank.model_score"] = [hit_rank.model_score]
             fields["_rerank.score"] = [hit_rank.score]
+            if best_chunks is not None and hit_rank.position < len(best_chunks):
+                fields["_rerank.chunk"] = [best_chunks[hit_rank.position]]
         ordered.append(hit)
     reranked_scores = [r.score for r in ranking if r.score is not None]
     if reranked_scores:

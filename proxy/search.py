@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rerank.chunking import chunk_documents
 from rerank.engine import ModelUnavailable, Overloaded, ScoringEngine
 from rerank.ranking import rank
 from rerank.text import build_document_text
@@ -174,10 +175,16 @@ async def finish(
         return Outcome(response, "skipped; reason=no-hits", 0.0)
     window = len(hits) if plan.window is None else min(plan.window, len(hits))
     texts = [build_document_text(hit.get("_source"), plan.settings.text) for hit in hits[:window]]
+    chunked = chunk_documents(texts, plan.settings.chunking) if plan.settings.chunking else None
     started = time.perf_counter()
     scores: Sequence[float | None]
+    best_chunks: Sequence[int | None] | None = None
     try:
-        scores = await engine.score(plan.model, plan.query, texts, plan.settings.timeout_ms / 1000)
+        scores = await engine.score(
+            plan.model, plan.query, chunked.texts if chunked else texts, plan.settings.timeout_ms / 1000
+        )
+        if chunked:
+            scores, best_chunks = chunked.best(len(texts), scores)
         scored = sum(s is not None for s in scores)
         status = "reranked" if scored == len(scores) else f"partial; reranked={scored}"
     except Exception as err:  # never fail a search because of the model
@@ -187,6 +194,7 @@ async def finish(
     took_ms = (time.perf_counter() - started) * 1000
     ranking = rank([hit.get("_score") for hit in hits], scores, plan.settings.fusion)
     rewritten = rewrite_hits(
-        response, plan.view, ranking, extra_took_ms=round(took_ms), explain=options.explain, opensearch=opensearch
+        response, plan.view, ranking, extra_took_ms=round(took_ms), explain=options.explain, opensearch=opensearch,
+        best_chunks=best_chunks,
     )
     return Outcome(apply_client_filter_path(rewritten, plan.view, opensearch=opensearch), status, took_ms)

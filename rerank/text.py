@@ -101,6 +101,11 @@ def build_document_text(source: Mapping[str, Any] | None, config: TextConfig) ->
     return truncate_tokens(text, config.max_tokens)
 
 
+def pieces(text: str) -> Iterator[re.Match[str]]:
+    """The pieces the token budget counts (see `truncate_tokens`), with their positions in `text`."""
+    return _PIECE.finditer(text)
+
+
 def truncate_tokens(text: str, max_tokens: int) -> str:
     """`text` up to and including its `max_tokens`-th piece, original characters and spacing kept.
 

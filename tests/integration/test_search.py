@@ -256,3 +256,13 @@ def test_cluster_errors_pass_through_as_they_are(target):
     proxied = raw("POST", f"{target.proxy}/no-such-index/_search", body)
     assert (proxied.status, proxied.body) == (direct.status, direct.body) and direct.status == 404
 
+
+
+def test_an_alias_resolves_to_its_indexs_rule(target, minilm):
+    """`scifact-alias` has no rule of its own; the proxy asks the cluster and applies the `scifact` rule."""
+    actions = orjson.dumps({"actions": [{"add": {"index": "scifact", "alias": "scifact-alias"}}]})
+    assert raw("POST", f"{target.direct}/_aliases", actions).status == 200
+    body = orjson.dumps({"query": match(), "size": WINDOW})
+    proxied = raw("POST", f"{target.proxy}/scifact-alias/_search", body)
+    assert proxied.headers["X-Rerank-Status"] == "reranked"
+    assert [h["_id"] for h in orjson.loads(proxied.body)["hits"]["hits"]] == model_order(target, minilm)

@@ -108,3 +108,21 @@ def test_model_trouble_falls_back_to_the_cluster_order(error, reason):
     outcome = finish_with(Engine(error))
     assert [h["_id"] for h in outcome.response["hits"]["hits"]] == ["0", "1", "2", "3"]
     assert outcome.status == f"fallback; reason={reason}"
+
+
+def test_chunked_documents_score_by_their_best_chunk_and_explain_names_it():
+    config = parse_config({
+        "models": {"m": {"backend": "bi-encoder", "source": "x"}},
+        "defaults": {"window": 2, "fusion": {"mode": "replace"}, "text": {"fields": ["t"]},
+                     "chunking": {"size": 2, "overlap": 0, "max_chunks": 3}},
+    })
+    options = RequestOptions(force=None, variant="control", query_override=None, explain=True)
+    p = asyncio.run(plan_search(config, IndexResolver(config, no_aliases), "docs",
+                                {"query": {"match": {"t": "q"}}, "size": 2}, [], options))
+    response = {"hits": {"hits": [{"_id": "a", "_score": 2.0, "_source": {"t": "one two three four"}},
+                                  {"_id": "b", "_score": 1.0, "_source": {"t": "five"}}]}}
+    engine = Engine([0.1, 0.8, 0.5])
+    outcome = asyncio.run(finish(p, response, engine, options, opensearch=False))
+    assert engine.calls[0][2] == ["one two", "three four", "five"]
+    first = outcome.response["hits"]["hits"][0]
+    assert first["_id"] == "a" and first["_score"] == 0.8 and first["fields"]["_rerank.chunk"] == [1]
