@@ -24,7 +24,7 @@ import ipaddress
 import itertools
 import json
 import math
-import platform
+import os
 import random
 import sys
 import time
@@ -371,10 +371,18 @@ def _ratio(num: float, den: float) -> str:
     return f"{ratio:.3f}" if ratio < 0.1 else f"{ratio:.2f}" if ratio < 100 else f"{ratio:.0f}"
 
 
+def _loadavg() -> str:
+    """The 1-minute load average: on a shared machine, the context every number here needs."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
     head = (
         "| case | conc | direct p50 ms | direct p99 ms | direct req/s | proxy p50 ms | proxy p99 ms | proxy req/s "
-        "| p50 ratio | thr ratio | errors d/p | proxy X-Rerank-Status |"
+        "| p50 ratio | thr ratio | n d/p | errors d/p | proxy X-Rerank-Status |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for row in rows:
@@ -383,7 +391,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
             f"| {row.case} | {row.concurrency} | {_ms(d.percentile(50))} | {_ms(d.percentile(99))} | "
             f"{_rate(d.throughput)} | {_ms(p.percentile(50))} | {_ms(p.percentile(99))} | {_rate(p.throughput)} | "
             f"{_ratio(p.percentile(50), d.percentile(50))} | {_ratio(p.throughput, d.throughput)} | "
-            f"{d.errors}/{p.errors} | {percent_mix(p.statuses) or '-'} |"
+            f"{len(d.latencies_ms)}/{len(p.latencies_ms)} | {d.errors}/{p.errors} | {percent_mix(p.statuses) or '-'} |"
         )
     return "\n".join(lines)
 
@@ -398,9 +406,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--index", help=f"an existing index to use; default: create and load {DEFAULT_INDEX}")
     parser.add_argument("--field", default="text", help="field the match query searches (default: text)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR SciFact folder (corpus, queries)")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per cell (default 10)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per arm before a case")
-    parser.add_argument("--concurrency", default="1,16,64", help="comma list of worker counts (default 1,16,64)")
+    parser.add_argument("--duration", type=float, help="measured seconds per cell (default 10, --quick 2)")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds per arm first (default 2, --quick 0.5)")
+    parser.add_argument("--concurrency", help="comma list of worker counts (default 1,16,64, --quick 1,16)")
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds each cell's time is split into")
     parser.add_argument("--max-requests", type=int, default=200_000, help="request cap per cell")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
@@ -408,8 +416,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s cells, concurrency 1,16, 0.5 s warm-up")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup, args.concurrency = 2.0, 0.5, "1,16"
+    # --quick changes the defaults only: explicit values still win.
+    defaults = (2.0, 0.5, "1,16") if args.quick else (10.0, 2.0, "1,16,64")
+    for name, default in zip(("duration", "warmup", "concurrency"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     args.upstream = check_loopback(args.upstream, "upstream")
     args.proxy = check_loopback(args.proxy, "proxy")
     try:
@@ -455,6 +466,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
     rows: list[Row] = []
     started = time.perf_counter()
+    load_before = _loadavg()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as probe_session:
 
         async def drain() -> None:
@@ -475,7 +487,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(
         f"proxy overhead: index `{index}`, {HITS}-hit `match` on `{args.field}`, {args.duration:g} s per cell "
         f"in {args.rounds} ABBA rounds, warm-up {args.warmup:g} s, {len(queries)} queries, {len(ids)} doc ids; "
-        f"{platform.node()} ({platform.machine()}, Python {platform.python_version()}); "
+        f"{os.cpu_count()} CPUs, load average {load_before} at start, {_loadavg()} at end; "
         f"total {time.perf_counter() - started:.0f} s\n"
     )
     print(markdown_table(rows))

@@ -17,7 +17,8 @@ def proxy_config(upstream: str, **extra: Any) -> dict[str, Any]:
     return {
         "upstreams": [upstream],
         "models": {"minilm": MINILM},
-        "defaults": {"window": WINDOW, "text": {"max_tokens": 256}, "fusion": {"mode": "replace"}},
+        # A generous deadline: these tests check order, not speed, on a shared 2-core machine.
+        "defaults": {"window": WINDOW, "text": {"max_tokens": 256}, "fusion": {"mode": "replace"}, "timeout_ms": 120_000},
         "indices": [
             {"match": "scifact", "text": {"fields": ["title", "text"], "max_tokens": 256}},
             {"match": "plain-*", "enabled": False},

@@ -15,12 +15,18 @@ pytestmark = pytest.mark.integration
 COMPARED_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "X-Elastic-Product", "Date", "Server")
 
 
-def same(target, method: str, path: str, body: bytes | None = None, headers: dict | None = None, normalise=lambda b: b):
+def _identity(body: bytes) -> bytes:
+    return body
+
+
+def same(target, method: str, path: str, body: bytes | None = None, headers: dict | None = None, normalise=_identity):
     direct = raw(method, target.direct + path, body, headers)
     proxied = raw(method, target.proxy + path, body, headers)
     assert proxied.status == direct.status, proxied.body[:300]
     assert normalise(proxied.body) == normalise(direct.body)
     for name in COMPARED_HEADERS:
+        if name == "Content-Length" and normalise is not _identity:
+            continue  # two answers that differ in `took` or a counter may differ in length too
         assert proxied.headers.get(name) == direct.headers.get(name), name
     if "_search" not in path:
         assert "X-Rerank-Status" not in proxied.headers

@@ -28,6 +28,8 @@ from rerank.spec import ModelSpec
 from tests.infinity import InfinityServer, free_port
 from tests.models import make_tiny_cross_encoder
 
+pytestmark = pytest.mark.integration  # a real reranking server (Infinity) in its own venv
+
 SERVED_NAME = "tiny-reranker"
 KEY_ENV = "RERANK_TEST_REMOTE_KEY"
 API_KEY = "test-key-not-a-secret"
