@@ -1,4 +1,4 @@
-"""`rerank-proxy serve | demo`: the console script."""
+"""`rerank-proxy serve | demo | eval`: the console script."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--evaluate", type=int, default=40, help="judged queries scored for NDCG@10 (300 = all)")
     demo.add_argument("--no-serve", action="store_true", help="exit after the comparison instead of serving")
 
+    evaluate = commands.add_parser("eval", help="NDCG of BM25 vs reranked, through the proxy, on a BEIR folder")
+    evaluate.add_argument("--data", type=Path, required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")
+    evaluate.add_argument("--upstream", required=True, help="cluster URL (the corpus is indexed straight into it)")
+    evaluate.add_argument("--proxy", help="URL of a running proxy; default: one started in this process")
+    evaluate.add_argument("--index", help="index name (default eval-<folder>); reused when it holds the corpus")
+    evaluate.add_argument("--mapping", type=Path, help="JSON file: a create-index body or a mapping")
+    evaluate.add_argument("--analyzer", help="analyzer of the default title/text fields, e.g. english")
+    evaluate.add_argument("--window", type=int, help="rerank window (default 100; with --config it replaces the "
+                                                     "file's windows outside variants)")
+    evaluate.add_argument("--variant", action="append", help="also score this A/B variant (repeatable)")
+    evaluate.add_argument("--qrels", type=Path, help="judgments file (default DATA/qrels/test.tsv)")
+    evaluate.add_argument("--json", type=Path, help="write {dataset: {run: {ndcg@10, mrr@10, recall@100}}} here")
+    evaluate.add_argument("--plot", type=Path, help="PNG of the per-query NDCG@10 change (needs matplotlib)")
+    evaluate.add_argument("--keep", action="store_true", help="keep the index this command created")
+    evaluate.add_argument("--max-queries", type=int, help="score only the first N judged queries")
+    evaluate.add_argument("--config", type=Path, help="config of the in-process proxy (default: the shipped CPU "
+                                                      "setup, MiniLM, linear fusion 0.5)")
+    evaluate.add_argument("--concurrency", type=int, default=4, help="searches in flight (default 4)")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
@@ -60,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return asyncio.run(_serve(args.config, args.listen, args.upstream))
+        if args.command == "eval":
+            from .evaluate import EvalOptions, run_eval
+
+            signal.signal(signal.SIGTERM, _interrupt)  # unwind, so an index the eval created is deleted
+            return run_eval(EvalOptions.from_namespace(args))
         from .demo import run_demo
 
         signal.signal(signal.SIGTERM, _interrupt)  # unwind, so the demo's cluster is stopped, not orphaned

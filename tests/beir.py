@@ -6,11 +6,11 @@ level deeper, so a name is a relative path: `scifact`, `xquad-r/en`.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from proxy.beir import CORPUS, QUERIES, iter_corpus, read_qrels, read_queries
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,35 +23,23 @@ def data_root() -> Path:
 
 def collection_dir(name: str) -> Path:
     path = data_root() / name
-    if not (path / "corpus.jsonl").is_file():
+    if not (path / CORPUS).is_file():
         raise FileNotFoundError(f"no BEIR collection {name!r} at {path} (set RERANK_DATA_DIR to the data folder)")
     return path
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, str]]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
-
-
 def load_beir_corpus(name: str) -> Iterator[dict[str, str]]:
     """Documents in file order, each `{"_id", "title", "text"}` (title may be empty)."""
-    for doc in _jsonl(collection_dir(name) / "corpus.jsonl"):
-        yield {"_id": str(doc["_id"]), "title": doc.get("title") or "", "text": doc.get("text") or ""}
+    return iter_corpus(collection_dir(name) / CORPUS)
 
 
 def corpus_size(name: str) -> int:
-    return sum(1 for _ in _jsonl(collection_dir(name) / "corpus.jsonl"))
+    return sum(1 for _ in iter_corpus(collection_dir(name) / CORPUS))
 
 
 def load_beir_qrels(name: str, split: str = "test") -> dict[str, dict[str, int]]:
     """query id -> {doc id: relevance grade}."""
-    qrels: dict[str, dict[str, int]] = {}
-    with open(collection_dir(name) / "qrels" / f"{split}.tsv", encoding="utf-8", newline="") as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
-    return qrels
+    return read_qrels(collection_dir(name) / "qrels" / f"{split}.tsv")
 
 
 def load_beir_queries(name: str, split: str = "test", *, judged_only: bool = True) -> dict[str, str]:
@@ -60,7 +48,7 @@ def load_beir_queries(name: str, split: str = "test", *, judged_only: bool = Tru
     By default only queries with judgments in `split`, as BEIR's own loader does: some sets (CISI) list
     queries nobody judged, and scoring them would drag every metric down equally.
     """
-    queries = {str(q["_id"]): q["text"] for q in _jsonl(collection_dir(name) / "queries.jsonl")}
+    queries = read_queries(collection_dir(name) / QUERIES)
     if not judged_only:
         return queries
     judged = load_beir_qrels(name, split)
