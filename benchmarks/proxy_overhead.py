@@ -329,9 +329,12 @@ async def drain_model(
     jobs in order, so the probe comes back `reranked` only after everything queued before it has left the model.
     A probe that meets its own deadline behind the backlog falls back and is simply sent again."""
     body = json.dumps({"query": {"ids": {"values": [doc_id]}}}).encode()
-    headers = {"Content-Type": "application/json", "X-Rerank": "on", "X-Rerank-Query": "drain probe"}
     deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
+    for probe in itertools.count():
+        if time.monotonic() >= deadline:
+            break
+        # A new query text each time: the engine's score cache would answer a repeated probe without queueing it.
+        headers = {"Content-Type": "application/json", "X-Rerank": "on", "X-Rerank-Query": f"drain probe {probe}"}
         async with session.post(f"{proxy}/{quote(index)}/_search", data=body, headers=headers) as resp:
             await resp.read()
             status = resp.headers.get("X-Rerank-Status", "")

@@ -2,6 +2,8 @@
 
 A backend turns (query, documents) into one float per document, higher = more relevant. It is synchronous and
 may block (it runs a model); the engine calls it off the event loop and never concurrently for one backend.
+`score_pairs` lets the engine pack pairs of several searches into one model call; a backend without it is still
+served: the engine groups each micro-batch's pairs by query and calls `score` per group.
 """
 from __future__ import annotations
 
@@ -14,6 +16,10 @@ class Scorer(Protocol):
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
         """One relevance score per document, in the order given."""
+        ...
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        """One score per pair (queries[i], docs[i]), equal to what `score` gives that pair; the queries may differ."""
         ...
 
     def count_tokens(self, text: str) -> int:

@@ -66,12 +66,20 @@ class BiEncoderScorer(TransformersScorer):
         return F.normalize(pool(output.last_hidden_state.float(), encoded["attention_mask"], self.pooling), dim=-1)
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        return self.score_pairs([query] * len(docs), docs)
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        """Each distinct query is embedded once, each document once (and kept in the cache), then paired up."""
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries for {len(docs)} documents")
         if not docs:
             return []
+        distinct = {query: row for row, query in enumerate(dict.fromkeys(queries))}
         with torch.inference_mode():
-            query_vec = self._embed([query])[0]
+            query_vecs = torch.cat([self._embed(chunk) for chunk in batches(list(distinct), self.spec.batch_size)])
             doc_vecs = torch.stack(self._document_vectors(docs))
-        return (doc_vecs @ query_vec).tolist()
+            rows = torch.tensor([distinct[query] for query in queries], device=query_vecs.device)
+            return (doc_vecs * query_vecs[rows]).sum(-1).tolist()
 
     def _document_vectors(self, docs: Sequence[str]) -> list[torch.Tensor]:
         """Document embeddings do not depend on the query: each text is embedded once and kept in an LRU, and the

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rerank.loading import TransformersScorer, batches, read_json
+from rerank.loading import TransformersScorer, read_json
 from rerank.spec import ModelSpec
 
 
@@ -37,14 +37,27 @@ class CrossEncoderScorer(TransformersScorer):
         self.label = 0 if self.model.config.num_labels == 1 else 1
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
-        if not docs:
-            return []
-        # Cut the document and keep the query, unless the query alone would eat most of the budget.
-        truncation = "only_second" if self.count_tokens(query) <= self.max_length // 2 else "longest_first"
-        scores: list[float] = []
+        return self.score_pairs([query] * len(docs), docs)
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries for {len(docs)} documents")
+        # Cut the document and keep the query, unless the query alone would eat most of the budget. One tokenizer
+        # call takes one strategy, so pairs are grouped by it (nearly always a single group).
+        strategy = {
+            query: "only_second" if self.count_tokens(query) <= self.max_length // 2 else "longest_first"
+            for query in dict.fromkeys(queries)
+        }
+        groups: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault(strategy[query], []).append(i)
+        scores = [0.0] * len(docs)
         with torch.inference_mode():
-            for batch in batches(docs, self.spec.batch_size):
-                output, _ = self._forward([query] * len(batch), batch, truncation)
-                # float64 so sigmoid-squashed scores of very relevant documents do not tie at 1.0
-                scores += self.activation(output.logits.double())[:, self.label].tolist()
+            for truncation, rows in groups.items():
+                for start in range(0, len(rows), self.spec.batch_size):
+                    batch = rows[start : start + self.spec.batch_size]
+                    output, _ = self._forward([queries[i] for i in batch], [docs[i] for i in batch], truncation)
+                    # float64 so sigmoid-squashed scores of very relevant documents do not tie at 1.0
+                    for i, value in zip(batch, self.activation(output.logits.double())[:, self.label].tolist()):
+                        scores[i] = value
         return scores

@@ -1,17 +1,38 @@
-"""The scoring engine: one queue and one worker per model, shared by every request.
+"""The scoring engine: one queue and one worker task per model, shared by every search (the shape of
+text-embeddings-inference's queue).
 
-Callers send (query, documents) and await the scores; the worker owns the queue and runs the model off the event loop
-in its own thread, one batch at a time, so concurrent searches never contend for the model. A job whose caller has
-given up (deadline passed) is dropped before it reaches the model.
+Callers send a job (query, documents, absolute deadline) and await it; only the worker task touches the queue and
+the model, which runs off the event loop in the worker's own thread. The worker repeats one round:
+
+1. Gather: wait for the first job, then for more, for at most `max_wait_ms` or until the queued pairs fill one
+   micro-batch (`max_batch_tokens`). Tokens per pair come from the backend's `count_tokens`, cached by text hash,
+   and run in the model thread: a tokenizer must not be used from two threads at once.
+2. Take jobs earliest deadline first (with equal timeouts that is arrival order) up to `ROUND_BATCHES`
+   micro-batches' worth of tokens, at least one job; the rest wait for the next round.
+3. Flatten to (query, document) pairs, one per distinct pair, sorted by length, and cut micro-batches so the padded
+   size (longest pair x pairs) stays within `max_batch_tokens` and the count within `batch_size`.
+4. Run the micro-batches one by one; after each, resolve the jobs whose pairs are all scored. Before each, pairs
+   whose searches have all passed their deadline (or whose callers left) are skipped, never scored.
+
+A caller waits until its deadline at most: with some pairs scored by then it gets those scores and None for the
+rest (the proxy answers `partial`), with none it gets TimeoutError. Scores are kept in an LRU per loaded model,
+keyed by (instruction, query, document hash), so paging through one query's window never reaches the model twice.
+A full queue refuses at once (`Overloaded`) so the proxy falls back to the cluster's order instead of piling up.
+
+Per-model knobs live in the model's spec (`max_wait_ms`, `max_batch_tokens`, `score_cache_entries`, `max_queue`).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from . import metrics
 from .backend import Scorer
@@ -20,88 +41,404 @@ from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_QUEUE = 256  # searches queued or being scored, per model
+ROUND_BATCHES = 4  # a round takes about this many micro-batches of work: enough to sort lengths, short enough
+# that a search arriving meanwhile soon gets its turn (deadline order is decided per round)
+PAIR_SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]: the estimate only needs to be close
+TOKEN_COUNT_ENTRIES = 100_000  # texts whose token count is remembered
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
 
 class ModelUnavailable(RuntimeError):
-    """The model is loading or failed to load; the caller falls back to the cluster's order."""
+    """The model is loading, failed to load or was unloaded; the caller falls back to the cluster's order."""
 
 
 class Overloaded(RuntimeError):
     """The model's queue is full; the caller falls back at once instead of piling up."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class BatchSettings:
+    max_wait_s: float
+    max_batch_tokens: int
+    batch_size: int
+    score_cache_entries: int
+    max_queue: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec, max_queue: int = DEFAULT_MAX_QUEUE) -> BatchSettings:
+        return cls(
+            max_wait_s=spec.max_wait_ms / 1000,
+            max_batch_tokens=spec.max_batch_tokens,
+            batch_size=spec.batch_size,
+            score_cache_entries=spec.score_cache_entries,
+            max_queue=spec.max_queue or max_queue,
+        )
+
+
+class LRU(Generic[K, V]):
+    """A bounded mapping that forgets the least recently used entry; size 0 keeps nothing."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        if self.size <= 0:
+            return
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def score_pairs(scorer: Scorer, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+    """Scores of (queries[i], docs[i]) through the backend's `score_pairs`, or, for a backend that only has
+    `score(query, docs)`, one `score` call per distinct query with the scores put back in pair order."""
+    direct = getattr(scorer, "score_pairs", None)
+    if direct is not None:
+        scores = list(direct(queries, docs))
+    else:
+        groups: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault(query, []).append(i)
+        scores = [0.0] * len(docs)
+        for query, rows in groups.items():
+            found = scorer.score(query, [docs[i] for i in rows])
+            if len(found) != len(rows):
+                raise RuntimeError(f"backend returned {len(found)} scores for {len(rows)} documents")
+            for i, value in zip(rows, found):
+                scores[i] = value
+    if len(scores) != len(docs):
+        raise RuntimeError(f"backend returned {len(scores)} scores for {len(docs)} pairs")
+    return [float(value) for value in scores]
+
+
+@dataclass(eq=False)
 class _Job:
+    """One search: its pairs that missed the score cache, and where their scores go."""
+
     query: str
-    docs: Sequence[str]
-    future: asyncio.Future[list[float]]
-    enqueued: float = field(default_factory=time.perf_counter)
+    scores: list[float | None]  # filled in place: cache hits at once, model scores as micro-batches finish
+    todo: list[tuple[int, str, bytes]]  # (position, document, document hash) of the pairs the model must score
+    deadline: float  # event-loop clock
+    future: asyncio.Future[None]  # done when every todo pair is scored or the model failed; cancelled = given up
+    seq: int
+    enqueued: float  # event-loop clock
+    tokens: list[int] = field(default_factory=list)  # per todo pair, known once admitted
+    left: int = 0  # todo pairs not scored yet
+
+    def dead(self, now: float) -> str | None:
+        """Why nobody needs this job's remaining pairs any more, or None while they are still wanted."""
+        if self.future.cancelled():  # by the caller: at its deadline, or earlier when it was cancelled itself
+            return "deadline" if now >= self.deadline else "abandoned"
+        if self.future.done():
+            return "error" if self.future.exception() is not None else "done"
+        return "deadline" if now >= self.deadline else None
+
+
+@dataclass(eq=False)
+class _Pair:
+    """One distinct (query, document) pair of a round; several jobs may want it."""
+
+    query: str
+    doc: str
+    key: tuple[str | None, str, bytes]  # score cache key
+    tokens: int
+    targets: list[tuple[_Job, int]]
 
 
 class _ModelWorker:
     def __init__(self, name: str, spec: ModelSpec, max_queue: int):
         self.name = name
         self.spec = spec
+        self.settings = BatchSettings.of(spec, max_queue)
+        self.instruction: str | None = getattr(spec, "instruction", None)
         self.scorer: Scorer | None = None
         self.error: str | None = None
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue(max_queue)
+        self._closed = False
+        self._inbox: list[_Job] = []  # sent by callers, tokens not counted yet
+        self._pending: list[_Job] = []  # counted, waiting for a round
+        self._jobs: set[_Job] = set()  # every job whose caller still waits: what max_queue bounds
+        self._arrived = asyncio.Event()
+        self._seq = itertools.count()
+        self._scores: LRU[tuple[str | None, str, bytes], float] = LRU(self.settings.score_cache_entries)
+        self._token_counts: LRU[bytes, int] = LRU(TOKEN_COUNT_ENTRIES)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
         self._task: asyncio.Task[None] | None = None
 
     @property
     def state(self) -> str:
+        if self._closed:
+            return "closed"
         return "ready" if self.scorer else (f"error: {self.error}" if self.error else "loading")
 
     async def start(self, loader: Callable[[str, ModelSpec], Scorer]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self.scorer = await loop.run_in_executor(self._thread, loader, self.name, self.spec)
-            await loop.run_in_executor(self._thread, self.scorer.score, "warm up", ["warm up"])
+            scorer = await loop.run_in_executor(self._thread, loader, self.name, self.spec)
+            await loop.run_in_executor(self._thread, score_pairs, scorer, ["warm up"], ["warm up"])
         except Exception as err:  # the proxy keeps serving: searches fall back, health says why
             self.error = f"{type(err).__name__}: {err}"
             log.error("model %s failed to load: %s", self.name, self.error)
             metrics.MODEL_UP.labels(self.name).set(0)
             return
+        self.scorer = scorer
         metrics.MODEL_UP.labels(self.name).set(1)
         self._task = asyncio.create_task(self._run(), name=f"engine-{self.name}")
 
-    def submit(self, query: str, docs: Sequence[str]) -> asyncio.Future[list[float]]:
-        if self.scorer is None:
+    # ---- the caller's side ----------------------------------------------------------------------------------
+    async def score(self, query: str, docs: Sequence[str], timeout_s: float) -> list[float | None]:
+        if self.scorer is None or self._closed:
             raise ModelUnavailable(self.state)
-        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Job(query, docs, future))
-        except asyncio.QueueFull:
-            metrics.REJECTED.labels(self.name, "queue-full").inc()
-            raise Overloaded(f"model {self.name} queue is full ({self._queue.maxsize} searches)") from None
-        return future
-
-    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self.scorer is not None
+        now = loop.time()
+        scores: list[float | None] = []
+        todo: list[tuple[int, str, bytes]] = []
+        for i, doc in enumerate(docs):
+            key = text_key(doc)
+            cached = self._scores.get((self.instruction, query, key))
+            scores.append(cached)
+            if cached is None:
+                todo.append((i, doc, key))
+        metrics.SCORE_CACHE.labels(self.name, "hit").inc(len(docs) - len(todo))
+        metrics.SCORE_CACHE.labels(self.name, "miss").inc(len(todo))
+        if not todo:
+            return scores
+        if len(self._jobs) >= self.settings.max_queue:
+            metrics.REJECTED.labels(self.name, "queue-full").inc()
+            raise Overloaded(f"model {self.name} queue is full ({self.settings.max_queue} searches)")
+        job = _Job(query, scores, todo, now + timeout_s, loop.create_future(), next(self._seq), now)
+        self._jobs.add(job)
+        job.future.add_done_callback(lambda _: self._forget(job))
+        metrics.QUEUE_DEPTH.labels(self.name).set(len(self._jobs))
+        self._inbox.append(job)
+        self._arrived.set()
+        try:
+            await asyncio.wait([job.future], timeout=max(0.0, job.deadline - loop.time()))
+        finally:
+            if not job.future.done():  # deadline passed or the caller was cancelled: the worker skips the rest
+                job.future.cancel()
+        if not job.future.cancelled():
+            job.future.result()  # the model's error, if it failed
+        if all(score is None for score in scores):
+            raise TimeoutError(f"model {self.name}: no pair scored within {timeout_s:.3f}s")
+        return list(scores)
+
+    def _forget(self, job: _Job) -> None:
+        self._jobs.discard(job)
+        metrics.QUEUE_DEPTH.labels(self.name).set(len(self._jobs))
+
+    # ---- the worker's side ----------------------------------------------------------------------------------
+    async def _run(self) -> None:
         while True:
-            job = await self._queue.get()
-            if job.future.done():  # the caller's deadline passed while it waited
-                metrics.REJECTED.labels(self.name, "deadline").inc()
-                continue
-            metrics.QUEUE_WAIT.labels(self.name).observe(time.perf_counter() - job.enqueued)
-            started = time.perf_counter()
+            jobs: list[_Job] = []
             try:
-                scores = await loop.run_in_executor(self._thread, self.scorer.score, job.query, job.docs)
+                await self._gather()
+                jobs = self._take_round()
+                if jobs:
+                    await self._score_round(jobs)
+            except Exception as err:  # a bug here must not leave callers waiting for their deadline, round after round
+                log.exception("model %s: scoring round failed", self.name)
+                for job in [*jobs, *self._pending, *self._inbox]:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                self._pending.clear()
+                self._inbox.clear()
+
+    async def _gather(self) -> None:
+        """Wait for the first job, then for more until a micro-batch's worth of tokens waits or `max_wait` passes.
+        Work left from the last round is never held back waiting."""
+        loop = asyncio.get_running_loop()
+        backlog = bool(self._pending)
+        while not self._inbox and not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        window_ends = loop.time() + self.settings.max_wait_s
+        while True:
+            await self._admit()
+            queued = sum(sum(job.tokens) for job in self._pending if not job.future.done())
+            remaining = window_ends - loop.time()
+            if backlog or queued >= self.settings.max_batch_tokens or remaining <= 0:
+                return
+            if not self._inbox:
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    return
+
+    async def _admit(self) -> None:
+        """Count the tokens of newly sent jobs (in the model thread) and move them to the pending pool."""
+        loop = asyncio.get_running_loop()
+        sent, self._inbox = self._inbox, []
+        jobs = []
+        for job in sent:
+            if (reason := job.dead(loop.time())) is None:
+                jobs.append(job)
+            else:
+                metrics.DROPPED.labels(self.name, reason).inc(len(job.todo))
+        if not jobs:
+            return
+        counts: dict[bytes, int] = {}
+        missing: dict[bytes, str] = {}
+        for job in jobs:
+            for key, text in ((text_key(job.query), job.query), *((k, d) for _, d, k in job.todo)):
+                known = self._token_counts.get(key)
+                if known is not None:
+                    counts[key] = known
+                else:
+                    missing[key] = text
+        if missing:
+            assert self.scorer is not None
+            count = self.scorer.count_tokens
+            try:
+                found = await loop.run_in_executor(
+                    self._thread, lambda: [count(text) for text in missing.values()]
+                )
             except Exception as err:
                 metrics.MODEL_ERRORS.labels(self.name).inc()
-                if not job.future.done():
-                    job.future.set_exception(err)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                return
+            for key, n in zip(missing, found):
+                counts[key] = n
+                self._token_counts.put(key, n)
+        cap = getattr(self.scorer, "max_length", None)
+        for job in jobs:
+            query_tokens = counts[text_key(job.query)] + PAIR_SPECIAL_TOKENS
+            job.tokens = [query_tokens + counts[k] for _, _, k in job.todo]
+            if isinstance(cap, int):
+                job.tokens = [min(n, cap) for n in job.tokens]
+            job.left = len(job.todo)
+            self._pending.append(job)
+
+    def _take_round(self) -> list[_Job]:
+        """The jobs of the next round: earliest deadline first, about ROUND_BATCHES micro-batches of tokens."""
+        now = asyncio.get_running_loop().time()
+        live: list[_Job] = []
+        for job in self._pending:
+            reason = job.dead(now)
+            if reason is None:
+                live.append(job)
+            else:
+                metrics.DROPPED.labels(self.name, reason).inc(job.left)
+        live.sort(key=lambda job: (job.deadline, job.seq))
+        budget = self.settings.max_batch_tokens * ROUND_BATCHES
+        taken = tokens = 0
+        for job in live:
+            size = sum(job.tokens)
+            if taken and tokens + size > budget:
+                break
+            taken, tokens = taken + 1, tokens + size
+        self._pending = live[taken:]
+        return live[:taken]
+
+    async def _score_round(self, jobs: list[_Job]) -> None:
+        now = asyncio.get_running_loop().time()
+        for job in jobs:
+            metrics.QUEUE_WAIT.labels(self.name).observe(now - job.enqueued)
+        pairs: dict[tuple[str | None, str, bytes], _Pair] = {}
+        for job in jobs:
+            for (i, doc, doc_key), tokens in zip(job.todo, job.tokens):
+                key = (self.instruction, job.query, doc_key)
+                cached = self._scores.get(key)  # scored since the job was sent (the same page, asked twice)
+                if cached is not None:
+                    self._deliver(job, i, cached)
+                    continue
+                if (pair := pairs.get(key)) is None:
+                    pairs[key] = pair = _Pair(job.query, doc, key, tokens, [])
+                pair.targets.append((job, i))
+        queue = deque(sorted(pairs.values(), key=lambda pair: pair.tokens))
+        while batch := self._next_batch(queue):
+            await self._run_batch(batch)
+
+    def _next_batch(self, queue: deque[_Pair]) -> list[_Pair]:
+        """The next micro-batch off the length-sorted queue; pairs nobody waits for any more are dropped."""
+        now = asyncio.get_running_loop().time()
+        batch: list[_Pair] = []
+        while queue:
+            pair = queue[0]
+            reasons = [job.dead(now) for job, _ in pair.targets]
+            if all(reasons):
+                queue.popleft()
+                metrics.DROPPED.labels(self.name, reasons[0] or "deadline").inc()
                 continue
-            metrics.BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-            metrics.PAIRS.labels(self.name).inc(len(job.docs))
-            if not job.future.done():
-                job.future.set_result(scores)
+            # Sorted ascending, so this pair is the batch's longest: the padded size if it joins.
+            if batch and (len(batch) >= self.settings.batch_size
+                          or (len(batch) + 1) * pair.tokens > self.settings.max_batch_tokens):
+                break
+            batch.append(queue.popleft())
+        return batch
+
+    async def _run_batch(self, batch: list[_Pair]) -> None:
+        assert self.scorer is not None
+        loop = asyncio.get_running_loop()
+        queries, docs = [pair.query for pair in batch], [pair.doc for pair in batch]
+        started = time.perf_counter()
+        try:
+            scores = await loop.run_in_executor(self._thread, score_pairs, self.scorer, queries, docs)
+        except Exception as err:  # fails the searches in this batch only; they fall back to the cluster's order
+            metrics.MODEL_ERRORS.labels(self.name).inc()
+            log.warning("model %s: a batch of %d pairs failed: %s: %s", self.name, len(batch), type(err).__name__, err)
+            for pair in batch:
+                for job, _ in pair.targets:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+            return
+        real = sum(pair.tokens for pair in batch)
+        padded = len(batch) * max(pair.tokens for pair in batch)
+        metrics.BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        metrics.PAIRS.labels(self.name).inc(len(batch))
+        metrics.BATCH_PAIRS.labels(self.name).observe(len(batch))
+        metrics.BATCH_FILL.labels(self.name).observe(real / padded if padded else 1.0)
+        metrics.BATCH_TOKENS.labels(self.name, "real").inc(real)
+        metrics.BATCH_TOKENS.labels(self.name, "padding").inc(padded - real)
+        for pair, value in zip(batch, scores):
+            self._scores.put(pair.key, value)  # also when its searches gave up meanwhile: the next page needs it
+            for job, i in pair.targets:
+                self._deliver(job, i, value)
+
+    @staticmethod
+    def _deliver(job: _Job, i: int, value: float) -> None:
+        if job.future.done():
+            return
+        job.scores[i] = value
+        job.left -= 1
+        if job.left == 0:
+            job.future.set_result(None)
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        gone = ModelUnavailable(f"model {self.name} was unloaded")
+        for job in list(self._jobs):
+            if not job.future.done():
+                job.future.set_exception(gone)
+        closer = getattr(self.scorer, "close", None)
+        if callable(closer):  # e.g. the remote backend's connections; runs after any model call still going
+            self._thread.submit(closer)
+        self._thread.shutdown(wait=False)
 
 
 class ScoringEngine:
@@ -110,8 +447,9 @@ class ScoringEngine:
         models: Mapping[str, ModelSpec],
         *,
         loader: Callable[[str, ModelSpec], Scorer] = load_scorer,
-        max_queue: int = 256,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ):
+        """`max_queue`: searches queued or being scored per model, unless the model's spec sets its own."""
         self._loader = loader
         self._max_queue = max_queue
         self._workers = {name: _ModelWorker(name, spec, max_queue) for name, spec in models.items()}
@@ -122,21 +460,19 @@ class ScoringEngine:
     def states(self) -> dict[str, str]:
         return {name: w.state for name, w in self._workers.items()}
 
-    async def score(self, model: str, query: str, docs: Sequence[str], timeout_s: float) -> list[float]:
+    async def score(self, model: str, query: str, docs: Sequence[str], timeout_s: float) -> list[float | None]:
+        """One score per document, in order. At the deadline, the scores so far and None for the rest; with none
+        scored, TimeoutError. ModelUnavailable / Overloaded at once when the model cannot take the search."""
         worker = self._workers.get(model)
         if worker is None:
             raise ModelUnavailable(f"no model named {model}")
         if not docs:
             return []
-        future = worker.submit(query, docs)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            future.cancel()
-            raise
+        return await worker.score(query, docs, timeout_s)
 
     async def reconfigured(self, models: Mapping[str, ModelSpec]) -> ScoringEngine:
-        """A new engine for a reloaded config: unchanged models keep their loaded worker, new ones load now."""
+        """A new engine for a reloaded config: unchanged models keep their loaded worker (queue and score cache
+        included), new or changed ones load now."""
         new = ScoringEngine({}, loader=self._loader, max_queue=self._max_queue)
         fresh = []
         for name, spec in models.items():

@@ -2,14 +2,36 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 MODEL_UP = Gauge("rerank_model_up", "1 when the model is loaded and serving", ["model"])
-PAIRS = Counter("rerank_model_pairs_total", "(query, document) pairs scored", ["model"])
+PAIRS = Counter("rerank_model_pairs_total", "(query, document) pairs scored by the model", ["model"])
 BATCH_SECONDS = Histogram(
-    "rerank_model_batch_seconds", "model time per batch", ["model"],
+    "rerank_model_batch_seconds", "model time per micro-batch", ["model"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 QUEUE_WAIT = Histogram(
-    "rerank_queue_wait_seconds", "time a search waited for the model", ["model"],
+    "rerank_queue_wait_seconds", "time a search waited before its first micro-batch", ["model"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-REJECTED = Counter("rerank_rejected_total", "searches not scored, by reason", ["model", "reason"])
+REJECTED = Counter("rerank_rejected_total", "searches refused before queueing, by reason", ["model", "reason"])
 MODEL_ERRORS = Counter("rerank_model_errors_total", "model calls that raised", ["model"])
+
+# The batching engine (rerank/engine.py). Token figures are the engine's estimate from the backend's
+# count_tokens (query + document + 3 special tokens, capped at the model's max_length), i.e. what it cuts by.
+QUEUE_DEPTH = Gauge("rerank_queue_searches", "searches queued or being scored", ["model"])
+BATCH_PAIRS = Histogram(
+    "rerank_batch_pairs", "pairs per micro-batch (one model call)", ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+BATCH_FILL = Histogram(
+    "rerank_batch_fill_ratio", "real tokens / padded tokens (longest pair x pairs) per micro-batch", ["model"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+)
+BATCH_TOKENS = Counter(
+    "rerank_batch_tokens_total", "tokens sent to the model, kind=real or padding (padding waste)", ["model", "kind"]
+)
+SCORE_CACHE = Counter("rerank_score_cache_total", "pair lookups in the score cache, result=hit or miss",
+                      ["model", "result"])
+DROPPED = Counter(
+    "rerank_pairs_dropped_total",
+    "queued pairs never scored: reason=deadline (passed), abandoned (caller left) or error (search failed)",
+    ["model", "reason"],
+)

@@ -31,6 +31,10 @@ class ModelSpec(BaseModel):
     max_length: int = Field(512, gt=8, le=32768, description="tokens per (query, document) input")
     batch_size: int = Field(32, gt=0, le=4096)
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's own choice")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="engine: how long a batch waits for more searches")
+    max_batch_tokens: int = Field(16_384, gt=0, description="engine: padded tokens per model call (longest x pairs)")
+    score_cache_entries: int = Field(50_000, ge=0, description="engine: (query, document) scores kept (LRU); 0 = off")
+    max_queue: int | None = Field(None, gt=0, description="engine: searches queued per model before falling back")
     cache_entries: int = Field(
         20_000, ge=0, description="bi-encoder: document embeddings kept (LRU), so a document is embedded once"
     )

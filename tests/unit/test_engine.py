@@ -1,0 +1,387 @@
+"""The batching engine: cross-search packing, token-budgeted length-sorted micro-batches, deadlines, overload,
+score cache, failures. A word-overlap scorer stands in for the model; a threading.Event holds its calls where a
+test needs the model busy."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may try the network
+
+import pytest
+from prometheus_client import REGISTRY
+
+from rerank.backend import ModelLoadError
+from rerank.engine import ROUND_BATCHES, ModelUnavailable, Overloaded, ScoringEngine
+from rerank.spec import ModelSpec
+
+_names = itertools.count()
+PAIR_EXTRA = 3  # the engine's per-pair special-token estimate
+
+
+def overlap(query: str, doc: str) -> float:
+    return float(len(set(query.split()) & set(doc.split())))
+
+
+class Overlap:
+    """Score = words shared by query and document; tokens = words. Records each call; a call waits while `gate`
+    is clear, after signalling `entered`."""
+
+    name = "overlap"
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, str]]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on: str | None = None  # a query whose batch raises
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        self.calls.append(list(zip(queries, docs)))
+        self.entered.set()
+        assert self.gate.wait(10), "test never released the model"
+        if self.fail_on in queries:
+            raise RuntimeError("model blew up")
+        return [overlap(q, d) for q, d in zip(queries, docs)]
+
+    def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        return self.score_pairs([query] * len(docs), docs)
+
+    def hold(self) -> None:
+        """The next call blocks until `release`."""
+        self.entered.clear()
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    async def busy(self) -> None:
+        """Wait (without blocking the event loop) until a held call has started."""
+        assert await asyncio.to_thread(self.entered.wait, 10), "the model was never called"
+
+
+class ScoreOnly:
+    """A backend with only `score(query, docs)`, like a third-party one: the engine's fallback path."""
+
+    name = "score-only"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        self.calls.append((query, list(docs)))
+        return [overlap(query, d) for d in docs]
+
+
+async def started(scorer: object, max_queue: int = 256, **knobs: object) -> tuple[ScoringEngine, str]:
+    """An engine serving `scorer` under a fresh model name (metrics are process-wide), warm-up call forgotten."""
+    name = f"m{next(_names)}"
+    spec = ModelSpec(backend="cross-encoder", source="test", **knobs)
+    engine = ScoringEngine({name: spec}, loader=lambda _name, _spec: scorer, max_queue=max_queue)
+    await engine.start()
+    scorer.calls.clear()  # type: ignore[attr-defined]
+    return engine, name
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def words(n: int, word: str = "w") -> str:
+    return " ".join([word] * n)
+
+
+async def test_concurrent_searches_are_packed_into_one_backend_call() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer)
+    searches = {"apple pie": ["apple tart", "pie crust", "nothing"], "cherry cake": ["cherry cake", "cake"]}
+    results = await asyncio.gather(*(engine.score(m, q, docs, 5) for q, docs in searches.items()))
+    assert len(scorer.calls) == 1
+    assert sorted(scorer.calls[0]) == sorted((q, d) for q, docs in searches.items() for d in docs)
+    assert results == [[1.0, 1.0, 0.0], [2.0, 1.0]]
+    await engine.close()
+
+
+async def test_searches_queued_while_the_model_is_busy_share_the_next_call_and_get_their_own_scores() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer)
+    scorer.hold()
+    first = asyncio.create_task(engine.score(m, "first", ["first doc"], 10))
+    await scorer.busy()
+    searches = [("red fox", ["red fox", "fox", "red", "blue"]), ("blue sky", ["sky", "blue sky", "red fox"]),
+                ("red fox", ["blue", "red fox"])]  # a repeated pair is scored once, delivered to both searches
+    queued = [asyncio.create_task(engine.score(m, q, docs, 10)) for q, docs in searches]
+    await asyncio.sleep(0)  # let the tasks send their jobs
+    assert metric("rerank_queue_searches", model=m) == 4
+    scorer.release()
+    assert await first == [1.0]
+    results = await asyncio.gather(*queued)
+    assert results == [[overlap(q, d) for d in docs] for q, docs in searches]
+    assert len(scorer.calls) == 2
+    assert sorted(scorer.calls[1]) == sorted({(q, d) for q, docs in searches for d in docs})
+    assert metric("rerank_queue_searches", model=m) == 0
+    await engine.close()
+
+
+async def test_micro_batches_are_length_sorted_and_fit_the_token_budget() -> None:
+    scorer = Overlap()
+    budget = 60
+    engine, m = await started(scorer, max_batch_tokens=budget, batch_size=4)
+    lengths = [9, 1, 14, 3, 3, 20, 7, 2, 11, 5, 1, 16]
+    docs = [words(n, f"d{i}") for i, n in enumerate(lengths)]
+    await asyncio.gather(engine.score(m, "q", docs[:6], 5), engine.score(m, "q r", docs[6:], 5))
+    tokens = [[len(q.split()) + len(d.split()) + PAIR_EXTRA for q, d in call] for call in scorer.calls]
+    flat = [n for call in tokens for n in call]
+    assert flat == sorted(flat) and len(flat) == len(docs)
+    assert all(len(call) <= 4 and len(call) * max(call) <= budget for call in tokens)
+    # greedy: each call stops only because the next pair would break the budget or the batch size
+    for call, following in zip(tokens, tokens[1:]):
+        assert len(call) == 4 or (len(call) + 1) * following[0] > budget
+    assert metric("rerank_batch_pairs_count", model=m) == len(scorer.calls)
+    real = metric("rerank_batch_tokens_total", model=m, kind="real")
+    padding = metric("rerank_batch_tokens_total", model=m, kind="padding")
+    assert real == sum(flat) and padding == sum(len(c) * max(c) - sum(c) for c in tokens)
+    await engine.close()
+
+
+async def test_a_pair_longer_than_the_budget_is_scored_alone() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, max_batch_tokens=10)
+    assert await engine.score(m, "q", ["q " + words(30), "q"], 5) == [1.0, 1.0]
+    assert [len(call) for call in scorer.calls] == [1, 1]
+    await engine.close()
+
+
+async def test_deadline_after_some_pairs_returns_partial_scores_with_none() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, batch_size=2)
+    docs = ["a", "a b", "a b c", "a b c d"]  # two micro-batches of two, shortest first
+
+    def hold_second_call(original=scorer.score_pairs):
+        def score_pairs(queries, docs):
+            if scorer.calls:
+                scorer.hold()
+            return original(queries, docs)
+        return score_pairs
+
+    scorer.score_pairs = hold_second_call()  # type: ignore[method-assign]
+    try:
+        assert await engine.score(m, "a b c d", docs, 0.5) == [1.0, 2.0, None, None]
+    finally:
+        scorer.release()
+    await engine.close()
+
+
+async def test_deadline_with_nothing_scored_raises_timeout() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer)
+    scorer.hold()
+    try:
+        with pytest.raises(TimeoutError):
+            await engine.score(m, "q", ["q", "r"], 0.1)
+    finally:
+        scorer.release()
+    await engine.close()
+
+
+async def test_full_queue_raises_overloaded_at_once_without_reaching_the_model() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, max_queue=1)
+    scorer.hold()
+    busy = asyncio.create_task(engine.score(m, "q", ["q"], 10))
+    await scorer.busy()
+    rejected = metric("rerank_rejected_total", model=m, reason="queue-full")
+    with pytest.raises(Overloaded):
+        await asyncio.wait_for(engine.score(m, "other", ["other doc"], 10), 1)
+    assert metric("rerank_rejected_total", model=m, reason="queue-full") == rejected + 1
+    scorer.release()
+    assert await busy == [1.0]
+    assert scorer.calls == [[("q", "q")]]
+    assert await engine.score(m, "other", ["other doc"], 10) == [1.0]  # room again once the first is done
+    await engine.close()
+
+
+async def test_score_cache_hit_skips_the_backend_and_paging_scores_only_new_documents() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer)
+    window = ["alpha beta", "beta", "gamma"]
+    first = await engine.score(m, "alpha beta", window, 5)
+    assert await engine.score(m, "alpha beta", window, 5) == first
+    assert len(scorer.calls) == 1
+    assert metric("rerank_score_cache_total", model=m, result="hit") == 3
+    # the next page: the window grew by one document; only that one reaches the model
+    assert await engine.score(m, "alpha beta", [*window, "alpha"], 5) == [*first, 1.0]
+    assert scorer.calls[1:] == [[("alpha beta", "alpha")]]
+    # another query over the same documents is another pair
+    await engine.score(m, "gamma", window, 5)
+    assert len(scorer.calls) == 3
+    await engine.close()
+
+
+async def test_zero_score_cache_entries_turns_the_cache_off() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, score_cache_entries=0)
+    await engine.score(m, "q", ["q"], 5)
+    await engine.score(m, "q", ["q"], 5)
+    assert len(scorer.calls) == 2
+    await engine.close()
+
+
+async def test_a_caller_that_gave_up_does_not_block_others_and_its_pairs_are_skipped() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, batch_size=1)
+    dropped = metric("rerank_pairs_dropped_total", model=m, reason="deadline")
+    scorer.hold()
+    given_up = asyncio.create_task(engine.score(m, "slow", ["slow 1", "slow 2", "slow 3"], 0.5))
+    await scorer.busy()
+    other = asyncio.create_task(engine.score(m, "fast", ["fast doc"], 10))
+    with pytest.raises(TimeoutError):
+        await given_up  # its first pair is still in the model: nothing scored by the deadline
+    scorer.release()
+    assert await other == [1.0]
+    assert [call[0][0] for call in scorer.calls] == ["slow", "fast"]
+    assert metric("rerank_pairs_dropped_total", model=m, reason="deadline") == dropped + 2
+    await engine.close()
+
+
+async def test_a_cancelled_caller_leaves_the_queue() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, max_queue=2)
+    scorer.hold()
+    busy = asyncio.create_task(engine.score(m, "busy", ["busy"], 10))
+    await scorer.busy()
+    leaving = asyncio.create_task(engine.score(m, "leaving", ["leaving"], 10))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    scorer.release()
+    assert await busy == [1.0]
+    assert await engine.score(m, "next", ["next"], 10) == [1.0]
+    assert [call[0][0] for call in scorer.calls] == ["busy", "next"]
+    await engine.close()
+
+
+async def test_earliest_deadline_goes_first_when_searches_queue_up() -> None:
+    scorer = Overlap()
+    # a round holds about ROUND_BATCHES budgets of tokens: each search below fills one on its own
+    budget = 40
+    engine, m = await started(scorer, max_batch_tokens=budget)
+    big = [words(budget * ROUND_BATCHES // 2 - PAIR_EXTRA - 1, word) for word in ("x", "y")]
+    scorer.hold()
+    busy = asyncio.create_task(engine.score(m, "busy", ["busy"], 30))
+    await scorer.busy()
+    late = asyncio.create_task(engine.score(m, "late", [f"late {d}" for d in big], 30))
+    soon = asyncio.create_task(engine.score(m, "soon", [f"soon {d}" for d in big], 20))
+    await asyncio.sleep(0)
+    scorer.release()
+    await asyncio.gather(busy, late, soon)
+    assert [call[0][0] for call in scorer.calls] == ["busy", "soon", "soon", "late", "late"]
+    await engine.close()
+
+
+async def test_model_error_fails_that_batch_and_the_engine_keeps_serving() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer)
+    scorer.fail_on = "boom"
+    with pytest.raises(RuntimeError, match="blew up"):
+        await engine.score(m, "boom", ["boom"], 5)
+    assert await engine.score(m, "fine", ["fine"], 5) == [1.0]
+    assert metric("rerank_model_errors_total", model=m) == 1
+    await engine.close()
+
+
+async def test_backend_without_score_pairs_is_called_once_per_query_of_the_batch() -> None:
+    scorer = ScoreOnly()
+    engine, m = await started(scorer)
+    results = await asyncio.gather(engine.score(m, "a b", ["a", "b c", "a b"], 5), engine.score(m, "c", ["b c"], 5))
+    assert results == [[1.0, 1.0, 2.0], [1.0]]
+    assert sorted(q for q, _ in scorer.calls) == ["a b", "c"]
+    await engine.close()
+
+
+async def test_model_load_failure_is_unavailable_with_the_reason_in_states() -> None:
+    def broken(name: str, spec: ModelSpec) -> Overlap:
+        raise ModelLoadError("model 'x': no such model folder")
+
+    engine = ScoringEngine({"x": ModelSpec(backend="cross-encoder", source="x")}, loader=broken)
+    await engine.start()
+    assert engine.states() == {"x": "error: ModelLoadError: model 'x': no such model folder"}
+    with pytest.raises(ModelUnavailable, match="no such model folder"):
+        await engine.score("x", "q", ["d"], 5)
+    with pytest.raises(ModelUnavailable):
+        await engine.score("unknown", "q", ["d"], 5)
+    await engine.close()
+
+
+async def test_unloading_a_model_fails_its_waiting_searches_as_unavailable() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer)
+    scorer.hold()
+    waiting = asyncio.create_task(engine.score(m, "q", ["q"], 10))
+    await scorer.busy()
+    await engine.close()
+    scorer.release()
+    with pytest.raises(ModelUnavailable):
+        await waiting
+    with pytest.raises(ModelUnavailable):
+        await engine.score(m, "q", ["q"], 1)
+
+
+async def test_plain_model_spec_gets_the_engine_defaults() -> None:
+    scorer = Overlap()
+    engine = ScoringEngine({"m": ModelSpec(backend="cross-encoder", source="t")}, loader=lambda n, s: scorer)
+    await engine.start()
+    assert engine.states() == {"m": "ready"}
+    assert await engine.score("m", "q", ["q", "r"], 5) == [1.0, 0.0]
+    assert await engine.score("m", "q", [], 5) == []
+    await engine.close()
+
+
+# ---- real models --------------------------------------------------------------------------------------------------
+QUERIES = ["vitamin C deficiency causes scurvy", "smoking increases the risk of lung cancer"]
+DOCS = [
+    "Scurvy results from a prolonged lack of ascorbic acid in the diet.",
+    "Cigarette smoke contains carcinogens that damage the DNA of airway epithelial cells.",
+    "Lung adenocarcinoma incidence is higher among long-term smokers than never smokers.",
+    "Collagen synthesis requires ascorbate as a cofactor for prolyl hydroxylase.",
+    "Regular aerobic exercise lowers resting blood pressure.",
+    "Quitting smoking before age forty avoids most of the excess mortality of smoking.",
+]
+
+
+async def engine_matches_direct_scores(spec: ModelSpec) -> None:
+    from rerank.registry import load_scorer
+
+    direct = load_scorer("direct", spec)
+    engine = ScoringEngine({"m": spec})
+    await engine.start()
+    assert engine.states() == {"m": "ready"}
+    # both searches arrive together, so their pairs share micro-batches
+    results = await asyncio.gather(*(engine.score("m", q, DOCS, 60) for q in QUERIES))
+    for query, scores in zip(QUERIES, results):
+        assert scores == pytest.approx(direct.score(query, DOCS), abs=1e-5)
+    await engine.close()
+
+
+async def test_engine_scores_equal_direct_scores_with_minilm_bi_encoder() -> None:
+    from tests.models import MINILM_SOURCE
+
+    await engine_matches_direct_scores(ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, batch_size=4))
+
+
+async def test_engine_scores_equal_direct_scores_with_a_cross_encoder(tmp_path: Path) -> None:
+    from tests.models import make_tiny_cross_encoder
+
+    folder = make_tiny_cross_encoder(tmp_path / "ce")
+    await engine_matches_direct_scores(ModelSpec(backend="cross-encoder", source=str(folder), batch_size=4))
