@@ -5,13 +5,12 @@ process, and must not import anything from the project that needs the project's 
 
     REFERENCE_PYTHON benchmarks/reference_scorer.py JOB.json
 
-JOB.json: {"model": folder, "max_length": int, "batch_size": int, "threads": int, "dtype": "float32",
-"queries": [{"query": str, "docs": [str, ...]}, ...]}.
+JOB.json: {"model": folder, "max_length": int, "batch_size": int, "threads": int, "dtype": "float32"}.
 
-Protocol, one JSON object per line on stdout: after loading, {"ready": ...} with versions and the loaded weights'
-fingerprint; then for every line read on stdin, `warmup` scores the first query once and `pass` times one pass over
-all queries, each answered with {"seconds": float, "scores": [[float, ...], ...]}. The parent alternates these
-passes with its own, so both sides see the same machine load. EOF ends the process.
+Protocol, one JSON object per line: after loading it writes {"ready": true, ...} with versions and the loaded
+weights' fingerprint; then for every {"query": str, "docs": [str, ...]} read on stdin it answers
+{"seconds": float, "scores": [float, ...]}, timed here so the pipe is not counted. The parent alternates these calls
+with its own, so both sides see the same machine load. EOF ends the process.
 """
 from __future__ import annotations
 
@@ -32,14 +31,10 @@ from tests.qwen import loaded_weights_sha256  # noqa: E402  (torch only: safe un
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def score_queries(ranker: Any, queries: list[dict[str, Any]], batch_size: int) -> list[list[float]]:
-    """The library's public reranking call per query, scores back in input order."""
-    out = []
-    for item in queries:
-        docs = item["docs"]
-        results = ranker.rank(item["query"], docs, top_k=len(docs), sort=False, batch_size=batch_size)
-        out.append([r.score for r in sorted(results, key=lambda r: r.index)])
-    return out
+def score_query(ranker: Any, query: str, docs: list[str], batch_size: int) -> list[float]:
+    """The library's public reranking call, scores back in input order."""
+    results = ranker.rank(query, docs, top_k=len(docs), sort=False, batch_size=batch_size)
+    return [r.score for r in sorted(results, key=lambda r: r.index)]
 
 
 def reply(obj: dict[str, Any]) -> None:
@@ -61,12 +56,10 @@ def main() -> None:
     versions = {pkg: version(pkg) for pkg in ("mxbai-rerank", "transformers", "torch")}
     reply({"ready": True, "load_seconds": load_s, "versions": versions,
            "weights_sha256": loaded_weights_sha256(ranker.model), "threads": torch.get_num_threads()})
-    queries, batch_size = job["queries"], job["batch_size"]
     for line in sys.stdin:
-        command = line.strip()
-        todo = queries[:1] if command == "warmup" else queries
+        request = json.loads(line)
         start = time.perf_counter()
-        scores = score_queries(ranker, todo, batch_size)
+        scores = score_query(ranker, request["query"], request["docs"], job["batch_size"])
         reply({"seconds": time.perf_counter() - start, "scores": scores})
 
 

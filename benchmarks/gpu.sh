@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# GPU throughput of the mxbai-v2 backend (mxbai-rerank-base-v2 and -large-v2 shapes, random bf16 weights): seconds
+# per query, tokens/s and achieved TFLOP/s against the card's peak, at several batch sizes. One prepared run for a
+# lent GPU machine (a few minutes); without CUDA it runs a tiny Qwen2 on CPU instead, so it is known to work.
+#
+#   bash benchmarks/gpu.sh                        # from anywhere; arguments go to benchmarks/gpu_bench.py
+#   bash benchmarks/gpu.sh --tiny                 # the CPU smoke run
+#   bash benchmarks/gpu.sh --fetch-wheels         # with network, before going to a machine without one (below)
+#
+# Python: $PYTHON when set, else the repo's .venv when present, else python3 (on GPU images, the one holding
+# torch). Missing pieces are added without touching that interpreter: packages go into $SITE (put on PYTHONPATH),
+# from the wheels in $WHEELS when that folder holds any, else from the package index; with no torch at all, a fresh
+# venv in $FALLBACK_VENV gets `pip install -e .`. The repo itself goes on PYTHONPATH: what an editable install
+# gives, at no cost.
+#
+# GPU machines that reach no package index lack pydantic (the project's config models): fetch its wheels here
+# first and carry the folder along. `bash benchmarks/gpu.sh --fetch-wheels` writes .cache/gpu-wheels (about 3 MB,
+# the versions .venv runs; GPU_PYTHON_VERSION, default 3.12, must match the python3 there).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+WHEELS="${WHEELS:-$ROOT/.cache/gpu-wheels}"
+SITE="${SITE:-/tmp/rerank-gpu-site}"
+FALLBACK_VENV="${FALLBACK_VENV:-$ROOT/.cache/gpu-venv}"
+# Import name -> what pip installs for it; torch is not listed: a GPU image brings its own CUDA build.
+declare -A DIST=(
+  [transformers]="transformers>=4.56"
+  [tokenizers]="tokenizers"
+  [safetensors]="safetensors"
+  [pydantic]="pydantic>=2.6"
+)
+
+say() { echo "gpu.sh: $*" >&2; }
+
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+  # The exact versions this repo's venv runs, as binary wheels for the GPU machine's python (x86-64 Linux).
+  py="$ROOT/.venv/bin/python"
+  [[ -x "$py" ]] || py=python3
+  pins=()
+  for dist in pydantic pydantic-core annotated-types typing-inspection; do
+    pins+=("$dist==$("$py" -c "from importlib.metadata import version; print(version('$dist'))")")
+  done
+  mkdir -p "$WHEELS"
+  say "downloading ${pins[*]} for CPython ${GPU_PYTHON_VERSION:-3.12} into $WHEELS"
+  "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "${GPU_PYTHON_VERSION:-3.12}" \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$WHEELS" "${pins[@]}"
+  ls -l "$WHEELS" >&2
+  exit 0
+fi
+
+if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
+elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"
+else PY="$(command -v python3)"; fi
+missing() {  # the import names from DIST (plus torch) that $PY cannot import
+  "$PY" - "$@" <<'EOF'
+import importlib.util, sys
+print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))
+EOF
+}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+need="$(missing torch "${!DIST[@]}")"
+say "python: $PY ($("$PY" -c 'import sys; print(sys.version.split()[0])'))${need:+; missing: $need}"
+
+if [[ " $need " == *" torch "* ]]; then
+  say "no torch: creating $FALLBACK_VENV and running pip install -e . (slow: downloads torch)"
+  [[ -x "$FALLBACK_VENV/bin/python" ]] || "$PY" -m venv "$FALLBACK_VENV"
+  "$FALLBACK_VENV/bin/python" -m pip install -q -e "$ROOT"
+  PY="$FALLBACK_VENV/bin/python"
+elif [[ -n "$need" ]]; then
+  export PYTHONPATH="$SITE:$PYTHONPATH"
+  if compgen -G "$WHEELS/*.whl" >/dev/null; then
+    say "installing the wheels in $WHEELS into $SITE (offline)"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+  else
+    specs=(); for m in $need; do specs+=("${DIST[$m]}"); done
+    say "installing ${specs[*]} into $SITE from the package index"
+    "$PY" -m pip install -q --no-compile --upgrade --target "$SITE" "${specs[@]}"
+  fi
+  still="$(missing "${!DIST[@]}")"
+  [[ -z "$still" ]] || { say "still missing after the install: $still"; exit 1; }
+fi
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
+  --format=csv,noheader >&2 || true
+exec env PYTHONUNBUFFERED=1 "$PY" "$ROOT/benchmarks/gpu_bench.py" "$@"

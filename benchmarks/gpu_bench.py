@@ -1,0 +1,308 @@
+"""GPU throughput of the mxbai-v2 backend at mxbai-rerank-base-v2 and -large-v2 sizes (random weights).
+
+    bash benchmarks/gpu.sh                      # on a GPU machine: sets up Python, then runs this
+    python benchmarks/gpu_bench.py --tiny       # anywhere: a tiny Qwen2 on CPU, proves the script works
+
+What it measures: the proxy's unit of work, one `MxbaiV2Scorer.score(query, docs)` call per query (tokenizing,
+length-sorted left-padded batches, the model, logit("1") - logit("0") back on the host), for `--docs` documents of
+about `--doc-tokens` tokens each, at several batch sizes. The models are random Qwen2s with the real checkpoints'
+exact shapes, written to a temporary folder and loaded through the backend's own loader (`load_scorer`), so they
+cost what the real models cost; the tokenizer is the tests' small byte-level BPE (tests/qwen.py), which splits the
+prompt template into more tokens than Qwen's own would: s/query is on the pessimistic side, while tokens/s and
+TFLOP/s count the tokens actually fed.
+
+FLOPs per (query, document) sequence of L tokens (padding not counted, so padding shows up as lost efficiency):
+    2 * P * L                    P = parameters of the transformer layers (the embedding is a lookup)
+  + 4 * layers * hidden * L^2    attention scores and weighted sum, full square (PaLM's convention, no causal halving)
+  + 2 * hidden * vocab           the LM head, on the last position only
+Peak: the card's dense bf16 tensor-core rate, from its name (H100 SXM and H200: 989 TFLOP/s), or `--peak-tflops`.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random local models only; the machine may have no network at all
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from tests.qwen import BASE_V2_CONFIG, TINY_CONFIG, parameter_shapes, qwen2_config, save_tokenizer  # noqa: E402
+
+# mxbai-rerank-large-v2 = Qwen2.5-1.5B's shapes (1.54B parameters, 1.31B outside the embedding).
+LARGE_V2_CONFIG: dict[str, Any] = {
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+}
+SHAPES = {"tiny": TINY_CONFIG, "base-v2": BASE_V2_CONFIG, "large-v2": LARGE_V2_CONFIG}
+WEIGHT_STD = 0.05  # tests/qwen.py's base-v2 scale; the values do not change the cost
+
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by a piece of torch.cuda.get_device_name(); first match wins.
+PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
+    ("H200", 989.4),
+    ("H100 PCIe", 756.5),
+    ("H100 NVL", 835.5),
+    ("H100", 989.4),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("A100", 312.0),
+]
+
+# Words the synthetic queries and documents are drawn from: ordinary English, so the BPE merges some and not others.
+WORDS = (
+    "the a of and to in is that for on with as by at from this which be are was were it its their they study "
+    "patients cells protein gene expression risk disease treatment effect clinical trial results increased "
+    "reduced levels cancer blood brain heart vitamin mice human data analysis model search document query "
+    "relevant ranking index cluster score neural language model training evaluation precision recall retrieval "
+    "response immune infection virus vaccine dose therapy survival mortality cohort association factor signal "
+    "pathway receptor tissue growth memory learning network system method approach significant compared"
+).split()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- models ---------------------------------------------------------------------------------------------------
+
+
+def layer_parameters(shape: dict[str, Any]) -> int:
+    """Parameters the per-token matrix products touch: everything but the embedding (tied LM head) and norms."""
+    return sum(math.prod(s) for name, s in parameter_shapes(qwen2_config(shape)).items()
+               if name.startswith("model.layers.") and "norm" not in name)
+
+
+def write_random_qwen2(folder: Path, shape: dict[str, Any], dtype: torch.dtype, device: torch.device,
+                       seed: int = 0) -> None:
+    """A hub-style Qwen2ForCausalLM folder with random weights drawn on `device` (fast on a GPU) in `dtype`."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = qwen2_config(shape) | {"torch_dtype": str(dtype).removeprefix("torch.")}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_tokenizer(folder)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    tensors = {}
+    for name, size in sorted(parameter_shapes(config).items()):
+        noise = torch.randn(size, generator=generator, device=device, dtype=torch.float32)
+        value = 1.0 + 0.1 * noise if name.endswith("norm.weight") else WEIGHT_STD * noise
+        tensors[name] = value.to(dtype).cpu()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+# --- workload -------------------------------------------------------------------------------------------------
+
+
+def synthetic_texts(folder: Path, count: int, tokens: int, seed: int, spread: float = 0.2) -> list[str]:
+    """`count` texts of about `tokens` tokens each (uniform within +-spread), cut from one seeded word stream.
+
+    Cut by the model tokenizer's own offsets, so the lengths are in its tokens, not words.
+    """
+    from tokenizers import Tokenizer
+
+    rng = random.Random(seed)
+    targets = [max(1, round(tokens * rng.uniform(1 - spread, 1 + spread))) for _ in range(count)]
+    text = " ".join(rng.choice(WORDS) for _ in range(sum(targets) + 16))  # a word is at least one token
+    offsets = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text, add_special_tokens=False).offsets
+    texts, start = [], 0
+    for target in targets:
+        end = start + target
+        texts.append(text[offsets[start][0] : offsets[end - 1][1]].strip())
+        start = end
+    return texts
+
+
+@dataclass
+class Result:
+    model: str
+    batch_size: int
+    queries: int
+    docs: int
+    s_per_query: float  # median over queries
+    pairs_per_s: float
+    tokens_per_s: float
+    tflops: float
+    peak_fraction: float | None
+    padding: float  # share of the batched tokens that were padding
+    peak_mem_gib: float | None
+
+
+def padded_tokens(lengths: list[int], batch_size: int, multiple: int) -> int:
+    """Tokens the backend's batches hold: longest first, each batch as wide as its longest row, rounded up."""
+    ordered = sorted(lengths, reverse=True)
+    return sum(len(ordered[i : i + batch_size]) * (-(-ordered[i] // multiple) * multiple)
+               for i in range(0, len(ordered), batch_size))
+
+
+def sequence_flops(length: int, shape: dict[str, Any], params: int) -> float:
+    hidden, layers = shape["hidden_size"], shape["num_hidden_layers"]
+    return 2.0 * params * length + 4.0 * layers * hidden * length**2 + 2.0 * hidden * shape["vocab_size"]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                peak: float | None, workdir: Path) -> list[Result]:
+    from rerank.mxbai import PAD_MULTIPLE
+    from rerank.registry import load_scorer
+    from rerank.spec import ModelSpec
+
+    shape = SHAPES[name]
+    folder = workdir / name
+    start = time.perf_counter()
+    write_random_qwen2(folder, shape, dtype, device)
+    built = time.perf_counter() - start
+    start = time.perf_counter()
+    spec = ModelSpec(backend="mxbai-v2", source=str(folder), device=str(device),
+                     dtype=str(dtype).removeprefix("torch."), batch_size=args.batch_sizes[0])
+    scorer = load_scorer(name, spec)
+    loaded = time.perf_counter() - start
+    (folder / "model.safetensors").unlink()  # gigabytes; the model is in memory now
+
+    queries = synthetic_texts(folder, args.queries, args.query_tokens, seed=1)
+    docs_per_query = [synthetic_texts(folder, args.docs, args.doc_tokens, seed=100 + i) for i in range(args.queries)]
+    lengths = [[len(ids) for ids in scorer.encode(q, docs)] for q, docs in zip(queries, docs_per_query)]
+    flat = [n for row in lengths for n in row]
+    params = layer_parameters(shape)
+    flops = sum(sequence_flops(n, shape, params) for n in flat)
+    template = len(scorer.prefix_ids) + len(scorer.suffix_ids)
+    log(f"{name}: {params / 1e6:.3g}M layer parameters, built in {built:.1f} s, loaded in {loaded:.1f} s; "
+        f"{args.queries} queries x {args.docs} docs, {statistics.mean(flat):.0f} tokens per pair "
+        f"({min(flat)}-{max(flat)}; template {template}), {flops / args.queries / 1e12:.3g} TFLOP per query")
+
+    results = []
+    for batch_size in args.batch_sizes:
+        scorer.spec = scorer.spec.model_copy(update={"batch_size": batch_size})  # read per call by score()
+        scorer.score(queries[0], docs_per_query[0])  # warm-up: kernels picked, allocator grown
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for query, docs in zip(queries, docs_per_query):
+            synchronize(device)
+            start = time.perf_counter()
+            scores = scorer.score(query, docs)  # .tolist() inside: returns after the GPU is done
+            times.append(time.perf_counter() - start)
+            if not all(math.isfinite(s) for s in scores):
+                raise SystemExit(f"{name}: non-finite scores at batch size {batch_size}")
+        total = sum(times)
+        padded = sum(padded_tokens(row, batch_size, PAD_MULTIPLE) for row in lengths)
+        result = Result(
+            model=name, batch_size=batch_size, queries=args.queries, docs=args.docs,
+            s_per_query=statistics.median(times), pairs_per_s=len(flat) / total, tokens_per_s=sum(flat) / total,
+            tflops=flops / total / 1e12, peak_fraction=flops / total / 1e12 / peak if peak else None,
+            padding=1 - sum(flat) / padded,
+            peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        )
+        log(f"  batch {batch_size}: {result.s_per_query * 1000:.1f} ms/query, {result.tokens_per_s:,.0f} tokens/s, "
+            f"{result.tflops:.3g} TFLOP/s")
+        results.append(result)
+    del scorer
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
+# --- main -----------------------------------------------------------------------------------------------------
+
+
+def peak_tflops(device: torch.device, override: float | None) -> tuple[str, float | None]:
+    if device.type != "cuda":
+        import platform
+
+        return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)", override
+    name = torch.cuda.get_device_name(device)
+    found = next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+    return name, override or found
+
+
+def rate(value: float) -> str:
+    """Thousands separators for big rates, three significant digits for small ones (tiny CPU runs)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def table(results: list[Result]) -> str:
+    lines = ["| model | batch | s/query (median) | pairs/s | tokens/s | TFLOP/s | % of peak | padding | peak GiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        peak = f"{100 * r.peak_fraction:.1f}%" if r.peak_fraction is not None else "n/a"
+        mem = f"{r.peak_mem_gib:.1f}" if r.peak_mem_gib is not None else "n/a"
+        lines.append(f"| {r.model} | {r.batch_size} | {r.s_per_query:.4f} | {rate(r.pairs_per_s)} | "
+                     f"{rate(r.tokens_per_s)} | {r.tflops:.3g} | {peak} | {100 * r.padding:.1f}% | {mem} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny Qwen2 in float32 (the default without CUDA)")
+    parser.add_argument("--models", help="comma list of tiny, base-v2, large-v2 (default: base-v2,large-v2 on a "
+                        "GPU, tiny otherwise)")
+    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default %(default)s)")
+    parser.add_argument("--queries", type=int, help="queries per batch size (default 10 on a GPU, 3 on CPU)")
+    parser.add_argument("--docs", type=int, default=100, help="documents per query (default %(default)s)")
+    parser.add_argument("--doc-tokens", type=int, default=250, help="about this many tokens per document, "
+                        "+-20%% (default %(default)s)")
+    parser.add_argument("--query-tokens", type=int, default=16, help="about this many per query (default %(default)s)")
+    parser.add_argument("--batch-sizes", default="16,32,64,100", help="comma list (default %(default)s)")
+    parser.add_argument("--peak-tflops", type=float, help="the card's dense peak, when its name is not known here")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from rerank.loading import pick_device
+
+    device = pick_device(args.device)
+    tiny = args.tiny or device.type != "cuda"
+    models = args.models.split(",") if args.models else ["tiny"] if tiny else ["base-v2", "large-v2"]
+    if unknown := set(models) - set(SHAPES):
+        raise SystemExit(f"unknown model(s) {', '.join(sorted(unknown))}; known: {', '.join(SHAPES)}")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    args.queries = args.queries or (3 if device.type == "cpu" else 10)
+    gpu, peak = peak_tflops(device, args.peak_tflops)
+    log(f"device: {gpu}; torch {torch.__version__}; dtype {dtype}; peak {peak or 'unknown'} TFLOP/s")
+    started = time.perf_counter()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="rerank-gpu-bench-") as tmp:
+        for name in models:
+            results += bench_model(name, args, device, dtype, peak, Path(tmp))
+    import transformers
+
+    shapes = ("random weights in the real checkpoints' shapes" if "tiny" not in models
+              else "random weights (tiny = a 2-layer test Qwen2, not a real size)")
+    print(f"\nmxbai-v2 backend on {gpu} ({str(dtype).removeprefix('torch.')}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}): {shapes}, {args.queries} queries x "
+          f"{args.docs} documents of about {args.doc_tokens} tokens, one score() call per query; TFLOP/s = "
+          f"(2 x layer params x tokens + attention + last-position LM head) / time, padding not counted; "
+          f"% of peak against {f'{peak:g} TFLOP/s dense bf16' if peak else 'no known peak'}; "
+          f"{time.perf_counter() - started:.0f} s in all.\n")
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"device": gpu, "peak_tflops": peak, "results": [asdict(r) for r in results]},
+                                        indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
