@@ -9,7 +9,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 from transformers import AutoTokenizer, BatchEncoding
@@ -18,6 +18,7 @@ from transformers.utils import cached_file
 from rerank.backend import ModelLoadError
 from rerank.spec import ModelSpec
 
+T = TypeVar("T")
 PACKAGE_PREFIX = "package:"
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
@@ -85,7 +86,7 @@ def read_json(path_or_id: str, filename: str) -> dict[str, Any] | None:
     return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
 
 
-def batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
+def batches(items: Sequence[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
 

@@ -1,7 +1,6 @@
 """`rerank-proxy serve` as a process: config errors, SIGHUP reload, bounded memory on a huge streamed `_bulk`."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

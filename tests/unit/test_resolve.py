@@ -1,4 +1,3 @@
-import pytest
 
 from proxy.config import parse_config
 from proxy.resolve import IndexResolver
