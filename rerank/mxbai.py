@@ -103,15 +103,23 @@ class MxbaiV2Scorer(TransformersScorer):
 
     def encode(self, query: str, docs: Sequence[str]) -> list[list[int]]:
         """The model's input ids for each (query, document) pair, unpadded."""
-        query_ids = self.query_ids(query)
+        return self.encode_pairs([query] * len(docs), docs)
+
+    def encode_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[list[int]]:
+        """Input ids of the pairs (queries[i], docs[i]); each distinct query is tokenized once."""
+        query_ids = {query: self.query_ids(query) for query in dict.fromkeys(queries)}
         parts = [document_part(doc) for doc in docs]
         documents = self.tokenizer(parts, add_special_tokens=False, verbose=False)["input_ids"] if parts else []
-        return [self.assemble(query_ids, ids) for ids in documents]
+        return [self.assemble(query_ids[query], ids) for query, ids in zip(queries, documents)]
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        return self.score_pairs([query] * len(docs), docs)
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        """Pairs of several searches in one call: the engine packs its micro-batches this way."""
         if not docs:
             return []
-        rows = self.encode(query, docs)
+        rows = self.encode_pairs(queries, docs)
         # Longest first, so similar lengths share a batch (little padding) and memory trouble shows up at once.
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         scores = [0.0] * len(rows)

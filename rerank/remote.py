@@ -105,9 +105,9 @@ def backoff_s(base: float, retry: int, retry_after: str | None = None) -> float 
     return None if asked > MAX_BACKOFF_S else max(wait, asked)
 
 
-def chunks(docs: Sequence[str], size: int) -> list[Sequence[str]]:
-    """Consecutive slices of at most `size` documents, in order."""
-    return [docs[start : start + size] for start in range(0, len(docs), size)]
+def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """Consecutive slices of at most `size` items, in order."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 class _Retryable(Exception):
@@ -166,19 +166,39 @@ class RemoteScorer:
             return []
         return self._call(self._score(query, list(docs)))
 
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        """Pairs of several searches: the services take one query per call, so one call per distinct query
+        (split by `max_texts_per_call`), all in flight together within `max_concurrency`."""
+        if not docs:
+            return []
+        rows: dict[str, list[int]] = {}
+        for i, query in enumerate(queries):
+            rows.setdefault(query, []).append(i)
+        calls = [(query, piece) for query, positions in rows.items()
+                 for piece in chunks(positions, self.spec.max_texts_per_call)]
+        found = self._call(self._gather([(query, [docs[i] for i in piece]) for query, piece in calls]))
+        scores = [0.0] * len(docs)
+        for (_, piece), values in zip(calls, found):
+            for i, value in zip(piece, values):
+                scores[i] = value
+        return scores
+
     async def _score(self, query: str, docs: list[str]) -> list[float]:
-        pieces = chunks(docs, self.spec.max_texts_per_call)
-        if len(pieces) == 1:
-            return await self._post(query, docs)
-        tasks = [asyncio.ensure_future(self._post(query, piece)) for piece in pieces]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:  # the first failure fails the search: the other calls are not worth waiting for
-                task.cancel()
-            raise
+        results = await self._gather([(query, piece) for piece in chunks(docs, self.spec.max_texts_per_call)])
         # Pieces are consecutive slices in order, so concatenation is document order.
         return [score for piece in results for score in piece]
+
+    async def _gather(self, calls: list[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        """One `_post` per (query, documents), concurrently; the results in call order."""
+        if len(calls) == 1:
+            return [await self._post(*calls[0])]
+        tasks = [asyncio.ensure_future(self._post(query, docs)) for query, docs in calls]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # the first failure fails the batch: the other calls are not worth waiting for
+                task.cancel()
+            raise
 
     async def _post(self, query: str, docs: Sequence[str]) -> list[float]:
         body = orjson.dumps(request_body(self.spec.api, self.spec.remote_model, query, docs))

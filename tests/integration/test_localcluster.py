@@ -39,6 +39,15 @@ def test_opensearch_root_reports_distribution_and_version(os_client) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("analyzer, text, tokens", [
+    ("english", "The running dogs", ["run", "dog"]),
+    ("cjk", "我们的东西", ["我们", "们的", "的东", "东西"]),
+])
+def test_opensearch_has_the_language_analyzers_of_analysis_common(os_client, analyzer, text, tokens) -> None:
+    found = os_client.indices.analyze(body={"analyzer": analyzer, "text": text})
+    assert [t["token"] for t in found["tokens"]] == tokens
+
+
 def test_clusters_need_no_credentials(cluster) -> None:
     from urllib.request import urlopen
 
@@ -93,6 +102,10 @@ def _fake_distribution(cache: Path, version: str, exit_code: int | None) -> None
     script.parent.mkdir()
     script.write_text(_FAKE_NODE.format(python=sys.executable, exit_code=exit_code))
     script.chmod(0o755)
+    for name in ("analysis-common", "lang-mustache"):  # installed already: no download
+        module = home / "modules" / name
+        module.mkdir(parents=True)
+        (module / "plugin-descriptor.properties").write_text(f"name={name}\n")
 
 
 def _running(pid: int) -> bool:
@@ -178,6 +191,16 @@ def _publish_zip(repo: Path, version: str, *, sha1: str | None = None) -> None:
         zf.writestr(f"opensearch-{version}/config/opensearch.yml", "")
     digest = sha1 or hashlib.sha1(archive.read_bytes()).hexdigest()
     (folder / f"opensearch-{version}.zip.sha1").write_text(digest)
+    # The modules' jars, published bare.
+    for group, name, jar_version in (("org/opensearch/plugin", "analysis-common", version),
+                                     ("org/opensearch/plugin", "lang-mustache-client", version),
+                                     ("com/github/spullara/mustache/java", "compiler", "0.9.14")):
+        folder = repo / group / name / jar_version
+        folder.mkdir(parents=True, exist_ok=True)
+        jar = folder / f"{name}-{jar_version}.jar"
+        with zipfile.ZipFile(jar, "w") as zf:
+            zf.writestr(f"{name}.class", b"")
+        (folder / f"{jar.name}.sha1").write_text(hashlib.sha1(jar.read_bytes()).hexdigest())
 
 
 def test_fetch_without_maven_downloads_unpacks_executable_and_caches(fake_central: Path) -> None:
@@ -187,6 +210,16 @@ def test_fetch_without_maven_downloads_unpacks_executable_and_caches(fake_centra
     home = fetch_distribution("opensearch", "9.9.1")
     assert home.name == "opensearch-9.9.1"
     assert os.access(home / "bin" / "opensearch", os.X_OK)
+    module = home / "modules" / "analysis-common"
+    assert (module / "analysis-common-9.9.1.jar").is_file()
+    descriptor = (module / "plugin-descriptor.properties").read_text()
+    assert "classname=org.opensearch.analysis.common.CommonAnalysisPlugin\n" in descriptor
+    assert "opensearch.version=9.9.1\n" in descriptor
+    mustache = home / "modules" / "lang-mustache"
+    assert sorted(p.name for p in mustache.iterdir()) == [
+        "compiler-0.9.14.jar", "lang-mustache-client-9.9.1.jar", "plugin-descriptor.properties",
+        "plugin-security.policy",
+    ]
     shutil.rmtree(fake_central / "org")  # a second call must not touch the network
     assert fetch_distribution("opensearch", "9.9.1") == home
 

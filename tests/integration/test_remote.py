@@ -147,6 +147,20 @@ def test_max_texts_per_call_splits_into_calls_with_the_same_scores(infinity: Inf
     assert split == pytest.approx(whole, abs=1e-6)
 
 
+def test_pairs_of_several_queries_score_as_each_query_alone_in_one_call_per_query(
+    infinity: InfinityServer, make_scorer
+) -> None:
+    scorer = make_scorer(infinity.url, max_texts_per_call=2)
+    other = "a different question"
+    queries = [QUERY, other, QUERY, other, QUERY]
+    docs = [DOCS[0], DOCS[1], DOCS[2], DOCS[0], DOCS[1]]
+    before = rerank_calls(infinity, "2xx")
+    together = scorer.score_pairs(queries, docs)
+    assert rerank_calls(infinity, "2xx") - before == 3  # QUERY: 2 + 1 documents, other: 2
+    alone = scorer.score(QUERY, [docs[0], docs[2], docs[4]]), scorer.score(other, [docs[1], docs[3]])
+    assert together == pytest.approx([alone[0][0], alone[1][0], alone[0][1], alone[1][1], alone[0][2]], abs=1e-6)
+
+
 def test_wrong_token_is_a_clear_error_and_not_retried(
     infinity: InfinityServer, make_scorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -266,3 +266,59 @@ def test_an_alias_resolves_to_its_indexs_rule(target, minilm):
     proxied = raw("POST", f"{target.proxy}/scifact-alias/_search", body)
     assert proxied.headers["X-Rerank-Status"] == "reranked"
     assert [h["_id"] for h in orjson.loads(proxied.body)["hits"]["hits"]] == model_order(target, minilm)
+
+
+# ---- search templates (OpenSearch: its lang-mustache module is on Maven Central, Elasticsearch's is not) -------
+
+TEMPLATE = '{"query": {"multi_match": {"query": "{{query_string}}", "fields": ["title", "text"]}}, ' \
+           '"from": {{from}}, "size": {{size}}}'
+
+
+@pytest.fixture
+def os_template(os_target):
+    """The OpenSearch target with a stored mustache template whose params carry the query text and the page."""
+    client = os_target.client(os_target.direct)
+    client.put_script(id="scifact-match", body={"script": {"lang": "mustache", "source": TEMPLATE}})
+    yield os_target
+    client.delete_script(id="scifact-match")
+
+
+def test_search_template_is_reranked_with_the_query_from_its_params(os_template, minilm):
+    client = os_template.client(os_template.proxy)
+    body = {"id": "scifact-match", "params": {"query_string": QUERY, "from": 0, "size": WINDOW}}
+    response = client.search_template(index="scifact", body=body)
+    assert [h["_id"] for h in response["hits"]["hits"]] == model_order(os_template, minilm)
+    status = raw("POST", f"{os_template.proxy}/scifact/_search/template", orjson.dumps(body))
+    assert status.headers["X-Rerank-Status"] == "reranked"
+
+
+def test_search_template_pages_through_the_reranked_window_then_the_tail(os_template, minilm):
+    client = os_template.client(os_template.proxy)
+    direct = os_template.search(os_template.direct, query=match(), size=35)
+    expected = model_order(os_template, minilm) + [h["_id"] for h in direct["hits"]["hits"][WINDOW:]]
+    seen = []
+    for start in range(0, 35, 7):
+        params = {"query_string": QUERY, "from": start, "size": 7}
+        page = client.search_template(index="scifact", body={"id": "scifact-match", "params": params})
+        seen += [h["_id"] for h in page["hits"]["hits"]]
+    assert seen == expected
+
+
+def test_msearch_template_reranks_each_item_with_its_own_params(os_template, minilm):
+    other = "smoking and lung cancer risk"
+    searches = [
+        {"index": "scifact"}, {"id": "scifact-match", "params": {"query_string": QUERY, "from": 0, "size": WINDOW}},
+        {"index": "scifact"}, {"id": "scifact-match", "params": {"query_string": other, "from": 0, "size": WINDOW}},
+    ]
+    result = os_template.client(os_template.proxy).msearch_template(body=searches)
+    first, second = result["responses"]
+    assert [h["_id"] for h in first["hits"]["hits"]] == model_order(os_template, minilm)
+    assert [h["_id"] for h in second["hits"]["hits"]] == model_order(os_template, minilm, other)
+
+
+def test_search_template_with_rerank_off_is_the_clusters_bytes(os_template):
+    body = orjson.dumps({"id": "scifact-match", "params": {"query_string": QUERY, "from": 0, "size": 10}})
+    direct = raw("POST", f"{os_template.direct}/scifact/_search/template", body)
+    proxied = raw("POST", f"{os_template.proxy}/scifact/_search/template", body, {"X-Rerank": "off"})
+    assert proxied.status == direct.status == 200
+    assert without_took(proxied.body) == without_took(direct.body)

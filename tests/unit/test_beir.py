@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.beir import BeirError, load_collection, read_qrels
+from proxy.beir import BeirError, document_source, load_collection, read_qrels
 from proxy.evaluate import (
     EvalError,
     EvalOptions,
@@ -22,6 +22,7 @@ from proxy.evaluate import (
     run_headers,
     score_run,
     status_kind,
+    text_fields,
     write_json,
 )
 
@@ -287,3 +288,55 @@ def test_table_flags_a_run_with_fallbacks():
     assert "(fallback/partial)" in flagged
     clean = format_table(result_with(Counter(reranked=2)))
     assert not any(line.startswith("!") for line in clean.splitlines())
+
+
+# ---- structured corpora ---------------------------------------------------------------------------------------
+
+STRUCTURED = [
+    '{"_id": "a1", "title": "bert", "text": "{\\"domain\\": \\"NLP\\", \\"performance\\": {\\"accuracy\\": 0.9}}"}',
+    '{"_id": "a2", "title": "vit", "text": "{\\"domain\\": \\"Vision\\"}"}',
+]
+STRUCTURED_QRELS = ["query-id\tcorpus-id\tscore", "q1\ta1\t1"]
+
+
+def test_structured_corpus_is_indexed_as_fields_beside_the_title(tmp_path):
+    folder = collection(tmp_path, corpus=STRUCTURED, qrels=STRUCTURED_QRELS)
+    assert load_collection(folder, structured=True).doc_ids == {"a1", "a2"}
+    doc = {"_id": "a1", "title": "bert", "text": '{"domain": "NLP", "performance": {"accuracy": 0.9}}'}
+    assert document_source(doc, structured=True) == {"title": "bert", "domain": "NLP",
+                                                      "performance": {"accuracy": 0.9}}
+    assert document_source(doc, structured=False) == {"title": "bert", "text": doc["text"]}
+
+
+def test_structured_text_that_is_not_a_json_object_names_file_and_line(tmp_path):
+    corpus = [STRUCTURED[0], '{"_id": "a2", "text": "plain words"}', '{"_id": "a3", "text": "[1, 2]"}']
+    folder = collection(tmp_path, corpus=corpus, qrels=STRUCTURED_QRELS)
+    with pytest.raises(BeirError) as caught:
+        load_collection(folder, structured=True)
+    assert caught.value.problems == [
+        f"{folder / 'corpus.jsonl'}:2: `text` is not JSON (Expecting value); a structured corpus holds one JSON "
+        "object per text",
+        f"{folder / 'corpus.jsonl'}:3: `text` must hold a JSON object without a `title` key",
+    ]
+
+
+def test_structured_plan_reranks_on_the_whole_flattened_source_and_maps_only_the_title(tmp_path):
+    planned = plan(options(collection(tmp_path, corpus=STRUCTURED, qrels=STRUCTURED_QRELS), structured=True))
+    assert planned.config is not None and planned.config.defaults.text.fields is None
+    assert planned.body["mappings"]["properties"] == {"title": {"type": "text"}}
+
+
+def test_text_budget_of_the_builtin_config_is_the_models_own(tmp_path):
+    config = plan(options(collection(tmp_path))).config
+    assert config is not None
+    assert config.defaults.text.max_tokens == config.models["minilm"].max_length
+
+
+def test_text_fields_of_a_mapping_walk_objects_and_skip_other_types():
+    properties = {
+        "title": {"type": "text", "fields": {"keyword": {"type": "keyword"}}},
+        "year": {"type": "long"},
+        "performance": {"properties": {"dataset": {"type": "text"}, "accuracy": {"type": "float"}}},
+        "api_call": {"type": "keyword"},
+    }
+    assert text_fields(properties) == ["title", "performance.dataset"]

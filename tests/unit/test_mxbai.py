@@ -221,6 +221,14 @@ def test_attention_is_sdpa(tiny: MxbaiV2Scorer) -> None:
     assert tiny.model.config._attn_implementation == "sdpa"
 
 
+def test_pairs_of_several_queries_score_as_each_query_alone(tiny: MxbaiV2Scorer) -> None:
+    queries = ["what is bm25", "rerankers", "what is bm25", "rerankers"]
+    docs = ["a ranking function", "cross-encoders and causal LMs", "okapi", "they reorder hits"]
+    alone = tiny.score("what is bm25", [docs[0], docs[2]]) + tiny.score("rerankers", [docs[1], docs[3]])
+    together = tiny.score_pairs(queries, docs)
+    assert together == pytest.approx([alone[0], alone[2], alone[1], alone[3]], abs=1e-4)  # padding differs
+
+
 def test_no_documents_score_nothing(tiny: MxbaiV2Scorer) -> None:
     assert tiny.score(QUERY, []) == []
 
