@@ -293,14 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [k for k in args.flavors.split(",") if k]
         names = set(args.sets.split(",")) if args.sets else {r.name for r in RUNS}
         work = HERE / "quality" / ".work"
-        work.mkdir(exist_ok=True)
         with clusters({"es": args.es, "os": args.os}, wanted) as urls:
             for key in wanted:
                 for run in RUNS:
                     if run.name not in names or (run.name in results.get(key, {}) and not args.force):
                         continue
                     print(f"== {FLAVORS[key]}: {run.name}", file=sys.stderr, flush=True)
-                    results.setdefault(key, {})[run.name] = sweep_one(run, key, urls[key], work,
+                    (work / key).mkdir(parents=True, exist_ok=True)  # sweeps of both clusters may run at once
+                    results.setdefault(key, {})[run.name] = sweep_one(run, key, urls[key], work / key,
                                                                       key in args.reference.split(","))
                     save_results(results, key)
                     REPORT.write_text(render(results))
