@@ -48,7 +48,6 @@ class Run:
     qrels: str | None = None
     max_queries: int | None = None  # the first N judged queries (file order), to bound the sweep's time
     structured: bool = False
-    mapping: str | None = None  # under benchmarks/quality
     config: str = "fusion.yaml"
     variants: tuple[str, ...] = ("replace", "rrf")
     analyzer: dict[str, str] = field(default_factory=dict)  # flavor key -> analyzer
@@ -66,8 +65,6 @@ class Run:
             args += ["--max-queries", str(self.max_queries)]
         if self.structured:
             args.append("--structured")
-        if self.mapping:
-            args += ["--mapping", str(HERE / "quality" / self.mapping)]
         if flavor in self.analyzer:
             args += ["--analyzer", self.analyzer[flavor]]
         return args
@@ -81,8 +78,7 @@ RUNS = [
     *(Run(name, name) for name in ("scifact", "cranfield", "cisi", "medline", "vaswani", "cosqa")),
     Run("metatool", "metatool", qrels="qrels/test_sample.tsv"),
     Run("gorilla-hf", "gorilla-hf"),  # the record as one JSON string in `text`
-    Run("gorilla-hf/structured", "gorilla-hf", structured=True, mapping="gorilla-hf.mapping.json",
-        config="gorilla-hf.yaml", variants=("fields", "template"),
+    Run("gorilla-hf/structured", "gorilla-hf", structured=True, config="gorilla-hf.yaml", variants=("fields", "template"),
         reference_fields="title,domain,functionality,description", reference_run="fields"),
     *(Run(f"xquad-r/{lang}", f"xquad-r/{lang}", max_queries=XQUAD_QUERIES, analyzer={"os": analyzer})
       for lang, analyzer in XQUAD_ANALYZERS.items()),
@@ -213,9 +209,11 @@ def _cell(proxy: dict, run: str) -> str:
 def _structured_section(results: dict) -> list[str]:
     out = ["## Structured records: Gorilla (HuggingFace APIs)", "",
            "The same 936 API records indexed two ways. *One string*: the record's JSON in one `text` field, and the",
-           "model reads `title` + that JSON string. *Structured* (`eval --structured`, mapping",
-           "`quality/gorilla-hf.mapping.json`): the record's fields are real `_source` fields, BM25 searches the",
-           "descriptive ones, and the model reads the text the proxy builds from `_source` (config",
+           "model reads `title` + that JSON string. *Structured* (`eval --structured`): the record's fields are",
+           "real `_source` fields; those that hold text in every record (title, domain, framework, functionality,",
+           "api_name, api_call, description) are mapped and searched by BM25, the others (arguments, example code,",
+           "performance: objects in some records, strings in others) stay in `_source` unindexed; the model reads",
+           "the text the proxy builds from `_source` (config"
            "`quality/gorilla-hf.yaml`): *flattened* is the default JSON-aware `key: value` flattening of the whole",
            "record, *fields* lists title, domain, functionality and description, *template* renders",
            "`{api_name}: {description} / Task: {functionality} ({domain}, {framework})`.", "",

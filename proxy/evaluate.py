@@ -127,16 +127,33 @@ def read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def index_body(mapping: Mapping[str, Any] | None, analyzer: str | None, structured: bool = False) -> dict[str, Any]:
-    """The create-index request: the file's body or mapping, else title/text as `text` fields (with `analyzer`);
-    a structured corpus gets `title` only, its record's fields are mapped dynamically."""
+def index_body(
+    mapping: Mapping[str, Any] | None, analyzer: str | None, structured_fields: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The create-index request: the file's body or mapping, else title/text as `text` fields (with `analyzer`).
+    A structured corpus maps its `structured_fields` as text and nothing else (`dynamic: false`): the other fields
+    stay in `_source`, unindexed, so records that disagree on a field's shape still load."""
     if mapping is None:
         field_spec = {"type": "text", **({"analyzer": analyzer} if analyzer else {})}
-        names = TEXT_FIELDS[:1] if structured else TEXT_FIELDS
-        return {"settings": INDEX_SETTINGS, "mappings": {"properties": {f: field_spec for f in names}}}
+        if structured_fields is not None:
+            properties = {f: field_spec for f in structured_fields}
+            return {"settings": INDEX_SETTINGS, "mappings": {"dynamic": False, "properties": properties}}
+        return {"settings": INDEX_SETTINGS, "mappings": {"properties": {f: field_spec for f in TEXT_FIELDS}}}
     body = dict(mapping) if "mappings" in mapping or "settings" in mapping else {"mappings": dict(mapping)}
     body.setdefault("settings", INDEX_SETTINGS)
     return body
+
+
+def structured_text_fields(corpus: Path) -> list[str]:
+    """The top-level fields of a structured corpus that hold text (a string, a list of strings, or null) in every
+    record that has them, in first-seen order: what its default mapping indexes and BM25 searches."""
+    texty: dict[str, bool] = {}
+    for doc in iter_corpus(corpus):
+        for key, value in document_source(doc, structured=True).items():
+            is_text = value is None or isinstance(value, str) or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value))
+            texty[key] = texty.get(key, True) and is_text
+    return [key for key, ok in texty.items() if ok]
 
 
 def builtin_config(upstream: str, window: int, structured: bool = False) -> dict[str, Any]:
@@ -536,8 +553,8 @@ def plan(options: EvalOptions) -> _Plan:
         size = hits_per_search(run_settings(config, index, run).window for run in runs)
     else:
         size = hits_per_search([options.window or DEFAULT_WINDOW])
-    return _Plan(collection, queries, index, index_body(mapping, options.analyzer, options.structured), config, runs,
-                 size)
+    structured = structured_text_fields(collection.corpus_file) if options.structured and mapping is None else None
+    return _Plan(collection, queries, index, index_body(mapping, options.analyzer, structured), config, runs, size)
 
 
 async def evaluate(options: EvalOptions) -> EvalResult:

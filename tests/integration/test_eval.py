@@ -171,3 +171,22 @@ def test_a_failing_search_stops_the_eval_with_the_reason_and_removes_its_index(e
     assert code == 1
     assert "the proxy answered 400: no such thing" in capsys.readouterr().err
     assert index_status(es_url, index) == 404
+
+
+def test_structured_corpus_is_indexed_as_fields_searched_and_reranked(es_url, shared_data_dir, capsys):
+    """Gorilla's API records: the JSON in `text` becomes `_source` fields, BM25 searches the mapping's text fields,
+    and the proxy reranks on the flattened record."""
+    index = "eval-test-structured"
+    delete_index(es_url, index)
+    try:
+        code = evaluate("--data", str(shared_data_dir / "gorilla-hf"), "--upstream", es_url, "--index", index,
+                        "--structured", "--max-queries", "3", "--window", "5", "--keep")
+        out = capsys.readouterr().out
+        assert code == 0, out
+        record = json.loads(_HTTP.request("GET", f"{es_url}/{index}/_doc/0").data)["_source"]
+        assert record["title"] == "YituTech/conv-bert-base" and record["framework"] == "Hugging Face Transformers"
+        assert record["performance"] == {"dataset": "N/A", "accuracy": "N/A"}
+        rows = {line[2:].split()[0]: line for line in out.splitlines() if line[:2] in ("  ", "! ")}
+        assert rows["reranked"].endswith("reranked 3") and rows["bm25"].endswith("skipped 3"), out
+    finally:
+        delete_index(es_url, index)

@@ -320,10 +320,14 @@ def test_structured_text_that_is_not_a_json_object_names_file_and_line(tmp_path)
     ]
 
 
-def test_structured_plan_reranks_on_the_whole_flattened_source_and_maps_only_the_title(tmp_path):
-    planned = plan(options(collection(tmp_path, corpus=STRUCTURED, qrels=STRUCTURED_QRELS), structured=True))
+def test_structured_plan_reranks_on_the_flattened_source_and_maps_the_fields_that_always_hold_text(tmp_path):
+    corpus = [*STRUCTURED, '{"_id": "a3", "title": "t5", "text": "{\\"domain\\": [\\"NLP\\", \\"MT\\"], '
+                           '\\"performance\\": \\"n/a\\", \\"args\\": null}"}']
+    planned = plan(options(collection(tmp_path, corpus=corpus, qrels=STRUCTURED_QRELS), structured=True))
     assert planned.config is not None and planned.config.defaults.text.fields is None
-    assert planned.body["mappings"]["properties"] == {"title": {"type": "text"}}
+    # `performance` is an object in one record and a string in another: kept in _source, not mapped.
+    assert planned.body["mappings"] == {"dynamic": False, "properties": {
+        "title": {"type": "text"}, "domain": {"type": "text"}, "args": {"type": "text"}}}
 
 
 def test_text_budget_of_the_builtin_config_is_the_models_own(tmp_path):
