@@ -157,7 +157,8 @@ def render(results: dict) -> str:
         "the shipped CPU model (all-MiniLM-L6-v2 cosine). `reranked` is the shipped default: linear fusion, 0.5 each",
         "after min-max normalisation over the window; `replace` ranks by the model alone; `rrf` is reciprocal rank",
         "fusion (k=60). MetaTool uses `qrels/test_sample.tsv` (1,497 queries); XQuAD-R the first",
-        f"{XQUAD_QUERIES} judged questions of each language (of 1,190).",
+        f"{XQUAD_QUERIES} judged questions of each language (of 1,190). BM25 here is the cluster's own (`multi_match`",
+        "over the mapped text fields), so it differs from the bm25s sanity numbers in ../shared/data/SOURCES.md.",
         "",
     ]
     for key, flavor in FLAVORS.items():
@@ -213,9 +214,9 @@ def _structured_section(results: dict) -> list[str]:
            "real `_source` fields; those that hold text in every record (title, domain, framework, functionality,",
            "api_name, api_call, description) are mapped and searched by BM25, the others (arguments, example code,",
            "performance: objects in some records, strings in others) stay in `_source` unindexed; the model reads",
-           "the text the proxy builds from `_source` (config"
-           "`quality/gorilla-hf.yaml`): *flattened* is the default JSON-aware `key: value` flattening of the whole",
-           "record, *fields* lists title, domain, functionality and description, *template* renders",
+           "the text the proxy builds from `_source` (config `quality/gorilla-hf.yaml`): *flattened* is the default",
+           "JSON-aware `key: value` flattening of the whole record, *fields* lists title, domain, functionality and",
+           "description, *template* renders "
            "`{api_name}: {description} / Task: {functionality} ({domain}, {framework})`.", "",
            "| cluster | index | BM25 | one string | flattened | fields | template |", "|---|---|---:|---:|---:|---:|---:|"]
     for key, flavor in FLAVORS.items():

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,25 @@ def test_opensearch_root_reports_distribution_and_version(os_client) -> None:
 def test_opensearch_has_the_language_analyzers_of_analysis_common(os_client, analyzer, text, tokens) -> None:
     found = os_client.indices.analyze(body={"analyzer": analyzer, "text": text})
     assert [t["token"] for t in found["tokens"]] == tokens
+
+
+def test_a_long_question_over_several_fields_passes_the_clause_limit(cluster) -> None:
+    """1,500 clauses: over Lucene's old 1,024, which OpenSearch keeps unless told otherwise (Gorilla's questions
+    over its record fields go past it)."""
+    index = "clause-limit"
+    body = json.dumps({"query": {"multi_match": {"query": " ".join(f"w{i}" for i in range(500)),
+                                                 "fields": ["a", "b", "c"]}}}).encode()
+    mapping = {"mappings": {"properties": {name: {"type": "text"} for name in "abc"}}}
+    request = urllib.request.Request(f"{cluster.url}/{index}", data=json.dumps(mapping).encode(), method="PUT",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=60).close()
+    try:
+        search = urllib.request.Request(f"{cluster.url}/{index}/_search", data=body,
+                                        headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(search, timeout=60) as response:
+            assert json.load(response)["hits"]["hits"] == []
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"{cluster.url}/{index}", method="DELETE"), timeout=60).close()
 
 
 def test_clusters_need_no_credentials(cluster) -> None:
