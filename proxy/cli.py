@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError, load_config
 
@@ -29,6 +31,21 @@ async def _serve(config_path: Path, listen: str | None, upstreams: list[str] | N
     await stop.wait()
     await runner.cleanup()
     return 0
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (not on Windows): its C event loop and transports cut the CPU the proxy spends
+    relaying a request by 13-22% (README, "Benchmarks")."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _serve_forever(main: Coroutine[Any, Any, int]) -> int:
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        return runner.run(main)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -81,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # a server log is no place for weight-loading bars
     try:
         if args.command == "serve":
-            return asyncio.run(_serve(args.config, args.listen, args.upstream))
+            return _serve_forever(_serve(args.config, args.listen, args.upstream))
         if args.command == "eval":
             from .evaluate import EvalOptions, run_eval
 
@@ -90,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         signal.signal(signal.SIGTERM, _interrupt)  # unwind, so the demo's cluster is stopped, not orphaned
-        return asyncio.run(run_demo(args.flavor, args.port, args.queries, args.evaluate, serve=not args.no_serve))
+        return _serve_forever(
+            run_demo(args.flavor, args.port, args.queries, args.evaluate, serve=not args.no_serve)
+        )
     except ConfigError as err:
         print(f"rerank-proxy: bad configuration, not starting:\n{err}", file=sys.stderr)
         return 2

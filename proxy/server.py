@@ -235,7 +235,13 @@ class ProxyServer:
                 await response.write_eof(payload)
                 return response
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
+            content = upstream.content
+            async for chunk in content.iter_any():
+                if content.at_eof():
+                    # The last bytes go out with the end of the body (and the headers, if still held) in one write:
+                    # a chunked answer read in one piece, as most search responses are, costs one send(), not two.
+                    await response.write_eof(chunk)
+                    return response
                 await response.write(chunk)
             await response.write_eof()
             return response

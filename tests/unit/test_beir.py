@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers import AutoTokenizer
 
 from proxy.beir import BeirError, document_source, load_collection, read_qrels
 from proxy.evaluate import (
@@ -25,6 +26,8 @@ from proxy.evaluate import (
     text_fields,
     write_json,
 )
+from rerank.text import build_document_text
+from tests.models import minilm_dir
 
 CORPUS = ['{"_id": "d1", "title": "Cats", "text": "cats purr"}', '{"_id": "d2", "title": "", "text": "dogs bark"}']
 QUERIES = ['{"_id": "q1", "text": "purring"}', '{"_id": "q2", "text": "barking"}', '{"_id": "q3", "text": "unjudged"}']
@@ -330,10 +333,14 @@ def test_structured_plan_reranks_on_the_flattened_source_and_maps_the_fields_tha
         "title": {"type": "text"}, "domain": {"type": "text"}, "args": {"type": "text"}}}
 
 
-def test_text_budget_of_the_builtin_config_is_the_models_own(tmp_path):
+def test_text_budget_of_the_builtin_config_never_cuts_what_the_model_reads(tmp_path):
     config = plan(options(collection(tmp_path))).config
     assert config is not None
-    assert config.defaults.text.max_tokens == config.models["minilm"].max_length
+    # 128 Thai characters are a dozen MiniLM tokens (one unknown token per word): the guard must sit far above.
+    thai = "ทีมรับของแพนเธอร์สถอดใจที่คะแนน " * 200
+    text = build_document_text({"title": "", "text": thai}, config.defaults.text)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    assert len(tokenizer(text)["input_ids"]) > config.models["minilm"].max_length
 
 
 def test_text_fields_of_a_mapping_walk_objects_and_skip_other_types():

@@ -6,7 +6,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from rerank.text import MAX_DEPTH, TextConfig, build_document_text, render_value, truncate_tokens
+from rerank.text import MAX_DEPTH, TextConfig, build_document_text, pieces, render_value, truncate_tokens
 
 
 def text(source, **config) -> str:
@@ -294,6 +294,15 @@ def test_budget_counts_each_cjk_character_so_unspaced_scripts_are_cut():
     assert truncate_tokens("see 東京", 2) == "see 東"
 
 
+def test_combining_marks_count_with_their_letter_not_as_pieces_of_their_own():
+    # Devanagari vowel signs and viramas, Arabic harakat, Thai vowel and tone marks are Unicode marks, not letters:
+    # counted alone they made the budget cut text the model still reads (one token per word or syllable).
+    assert truncate_tokens("नमस्ते दुनिया भारत", 2) == "नमस्ते दुनिया"
+    assert truncate_tokens("مَرْحَبًا بِكُمْ هنا", 2) == "مَرْحَبًا بِكُمْ"
+    assert truncate_tokens("ที่นี่ครับ", 2) == "ที่นี่"  # ที่ and นี่: each consonant keeps its marks
+    assert truncate_tokens("cafe\u0301 au lait", 2) == "cafe\u0301 au"  # a decomposed é stays in its word
+
+
 def test_budget_cuts_an_unbroken_run_of_letters():
     assert truncate_tokens("x" * 100, 2) == "x" * 64
 
@@ -322,3 +331,9 @@ def test_source_with_many_keys_is_cut_to_budget_like_the_full_flattening():
 def test_many_fields_are_cut_to_budget():
     source = {f"f{i}": "w" for i in range(10)}
     assert text(source, fields=[f"f{i}" for i in range(10)], max_tokens=3) == "w\nw\nw"
+
+
+def test_ascii_text_is_cut_into_the_same_pieces_as_any_other_text():
+    ascii_text = "Deep-learning (v2.1) models: 42 layers, x_y_z & more... " + "w" * 40
+    spans = [m.span() for m in pieces(ascii_text)]
+    assert spans == [m.span() for m in pieces(ascii_text + " é")][:-1]
