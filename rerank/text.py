@@ -38,7 +38,7 @@ _NO_SPACE_SCRIPTS = (
 _MAX_WORD_CHARS = 32
 # `regex`, not `re`: its `\w` includes combining marks (Unicode TS #18), so a Hindi or Arabic word with its vowel
 # signs is one piece, and a Thai consonant takes its vowel and tone marks along. With `re` every mark counted as a
-# piece of its own, the budget cut text the model would still have read (0.016 NDCG@10 lost on XQuAD-R hi).
+# piece of its own, the budget cut text the model would still have read (up to 0.016 NDCG@10 on XQuAD-R hi).
 _PIECE = regex.compile(
     rf"[{_NO_SPACE_SCRIPTS}]\p{{M}}*|[^\W{_NO_SPACE_SCRIPTS}]{{1,{_MAX_WORD_CHARS}}}|[^\w\s]\p{{M}}*"
 )
