@@ -6,7 +6,8 @@
 which is what a change to the pass-through path should be judged by on a noisy shared machine. The load comes from
 `hey` (a Go load generator, `go install github.com/rakyll/hey@latest`), so the client costs almost nothing. Each arm
 is measured by the CPU time (user + system, from /proc) its listening process spent during its run, divided by the
-requests served. Rounds alternate the arms' order; the table shows medians over rounds. Linux, loopback only.
+requests served (for the direct arm that is the cluster's own CPU, shown for scale). Rounds alternate the arms'
+order; the table shows medians over rounds. Linux, loopback only.
 
 Cases: `get` is `GET /{index}/_doc/{id}` (pure pass-through); `skip` is a 10-hit `match` search with
 `X-Rerank: off` (the search path up to its decision, then relayed). The index is created with 60 documents if absent.
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 

@@ -152,8 +152,8 @@ def render(results: dict) -> str:
         "the shipped CPU model (all-MiniLM-L6-v2 cosine). `reranked` is the shipped default: linear fusion, 0.5 each",
         "after min-max normalisation over the window; `replace` ranks by the model alone; `rrf` is reciprocal rank",
         "fusion (k=60). MetaTool uses `qrels/test_sample.tsv` (1,497 queries); XQuAD-R all 1,190 questions of",
-        "each language. BM25 here is the cluster's own (`multi_match`",
-        "over the mapped text fields), so it differs from the bm25s sanity numbers in ../shared/data/SOURCES.md.",
+        "each language. BM25 here is the cluster's own (`multi_match` over the mapped text fields), so it differs",
+        "from the bm25s sanity numbers in ../shared/data/SOURCES.md.",
         "",
     ]
     for key, flavor in FLAVORS.items():

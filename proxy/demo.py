@@ -90,10 +90,10 @@ async def run_demo(flavor: str, port: int, shown: int, evaluated: int, *, serve:
                 print(f"Indexing {len(sample['corpus'])} SciFact abstracts into {cluster_url}/{INDEX} ...", flush=True)
                 await index_sample(http, cluster_url, sample["corpus"])
                 await compare(http, proxy_url, sample, shown, evaluated)
-            print(f"\nThe proxy is serving at {proxy_url} in front of {cluster_url}. Try:")
-            print(f"  curl -s '{proxy_url}/{INDEX}/_search?q=vitamin+D+bone+density' -D - | head -20")
-            print("Ctrl-C stops it.", flush=True)
             if serve:
+                print(f"\nThe proxy is serving at {proxy_url} in front of {cluster_url}. Try:")
+                print(f"  curl -s '{proxy_url}/{INDEX}/_search?q=vitamin+D+bone+density' -D - | head -20")
+                print("Ctrl-C stops it.", flush=True)
                 await asyncio.Event().wait()
         finally:
             await runner.cleanup()

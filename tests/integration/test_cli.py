@@ -1,4 +1,5 @@
-"""`rerank-proxy serve` as a process: config errors, SIGHUP reload, bounded memory on a huge streamed `_bulk`."""
+"""`rerank-proxy serve` and `demo` as processes: config errors, SIGHUP reload, bounded memory on a huge streamed
+`_bulk`, the demo's side-by-side comparison."""
 from __future__ import annotations
 
 import signal
@@ -161,3 +162,17 @@ class _CountingSink:
 
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
+
+
+def test_demo_shows_both_orders_scores_them_and_exits_with_no_serve():
+    """The README's first command, as a process: its own cluster, the sample, a reranked query side by side, NDCG."""
+    result = subprocess.run([*CLI, "demo", "--no-serve", "--queries", "1", "--evaluate", "5", "--port", "0"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "[reranked]" in out and "cluster (BM25)" in out, out
+    lines = out.splitlines()
+    header = lines.index("NDCG@10 over 5 judged SciFact queries:")
+    scores = [line.split() for line in lines[header + 1 : header + 3]]
+    assert [row[0] for row in scores] == ["cluster", "reranked"] and all(0 < float(row[1]) <= 1 for row in scores), out
+    assert "Ctrl-C" not in out, out
