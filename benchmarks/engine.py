@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/engine.py --quick            # smoke run, well under a minute
     .venv/bin/python benchmarks/engine.py --minilm-docs 100  # MiniLM at full size too (about 12 minutes here)
 
-Models: the trained all-MiniLM-L6-v2 bi-encoder (CPU default of the proxy) and a tiny random cross-encoder
-(`tests/models.py: make_tiny_cross_encoder`, 2 layers, hidden 32: costs little besides tokenizing and padding).
-Rows per model:
+Models (`--models`): `minilm`, the trained all-MiniLM-L6-v2 bi-encoder (CPU default of the proxy); `minilm-ce`,
+MiniLM-L6 under a random head (`tests/models.py: make_minilm_cross_encoder`, the cost of ms-marco-MiniLM-L-6-v2);
+`tiny-ce`, a tiny random cross-encoder (`make_tiny_cross_encoder`, 2 layers, hidden 32: costs little besides
+tokenizing and padding). Rows per model:
 
 - `direct xN`: N searches scored one after another with the backend's own `score(query, docs)` in a model thread,
   as the engine before batching served N searches that arrive together; each latency counts from when all N
@@ -18,7 +19,7 @@ order, sliced so no two engine searches share a document), text = title + text c
 proxy cuts it (`build_document_text`). The engine's score cache is off (`score_cache_entries: 0`) and so is the
 bi-encoder's embedding cache, so every pair reaches the model. Fill = real tokens / padded tokens (longest pair x
 pairs, per model call), from the engine's own estimate (count_tokens + 3 per pair); the direct rows show the same
-estimate for the backend's own batches (bi-encoder: length-sorted, cross-encoder: in the order given).
+estimate for the backend's own calls, which are length-sorted and cut by the same `max_batch_tokens`.
 The output ends with a markdown table.
 """
 from __future__ import annotations
@@ -45,11 +46,12 @@ sys.path.insert(0, str(REPO))
 
 from prometheus_client import REGISTRY  # noqa: E402
 
+from rerank.batching import token_batches  # noqa: E402
 from rerank.engine import PAIR_SPECIAL_TOKENS, ScoringEngine  # noqa: E402
 from rerank.registry import load_scorer  # noqa: E402
 from rerank.spec import ModelSpec  # noqa: E402
 from rerank.text import TextConfig, build_document_text  # noqa: E402
-from tests.models import MINILM_SOURCE, make_tiny_cross_encoder  # noqa: E402
+from tests.models import MINILM_SOURCE, make_minilm_cross_encoder, make_tiny_cross_encoder  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
 TIMEOUT_S = 3600.0  # the benchmark measures the model, never a deadline
@@ -145,22 +147,21 @@ def pair_tokens(scorer: Any, query: str, docs: Sequence[str]) -> list[int]:
     return [min(q + scorer.count_tokens(d) + PAIR_SPECIAL_TOKENS, cap) for d in docs]
 
 
-def direct_fill(scorer: Any, searches: Sequence[Search], batch_size: int, sort: bool) -> tuple[float, float, int]:
-    """(mean fill, padding waste, calls) of the backend's own batching, by the engine's token estimate."""
+def direct_fill(scorer: Any, searches: Sequence[Search], batch_size: int) -> tuple[float, float, int]:
+    """(mean fill, padding waste, calls) of the backend's own calls (length-sorted, cut by its token budget), by the
+    engine's token estimate."""
     fills, real, padded, calls = [], 0, 0, 0
     for search in searches:
         tokens = pair_tokens(scorer, search.query, search.docs)
-        if sort:  # the bi-encoder embeds new documents in batches sorted by character length
-            tokens = [n for _, n in sorted(zip((len(d) for d in search.docs), tokens), key=lambda pair: pair[0])]
-        for start in range(0, len(tokens), batch_size):
-            batch = tokens[start : start + batch_size]
+        for rows in token_batches(tokens, batch_size, scorer.max_batch_tokens):
+            batch = [tokens[i] for i in rows]
             fills.append(sum(batch) / (len(batch) * max(batch)))
             real, padded, calls = real + sum(batch), padded + len(batch) * max(batch), calls + 1
     return sum(fills) / len(fills), 1 - real / padded, calls
 
 
 # --- the runs ---------------------------------------------------------------------------------------------------
-async def run_direct(model: str, scorer: Any, searches: list[Search], batch_size: int, sort: bool) -> Row:
+async def run_direct(model: str, scorer: Any, searches: list[Search], batch_size: int) -> Row:
     """One `score` call per search in a model thread of its own, as the engine before batching ran them."""
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(1, thread_name_prefix="direct") as thread:
@@ -171,7 +172,7 @@ async def run_direct(model: str, scorer: Any, searches: list[Search], batch_size
             await loop.run_in_executor(thread, scorer.score, search.query, search.docs)
             latencies.append(time.perf_counter() - started)
         wall = time.perf_counter() - started
-    fill, waste, calls = direct_fill(scorer, searches, batch_size, sort)
+    fill, waste, calls = direct_fill(scorer, searches, batch_size)
     return Row(model, f"direct x{len(searches)}", len(searches), len(searches[0].docs), wall, latencies, fill, waste,
                calls)
 
@@ -199,7 +200,7 @@ async def run_engine(model: str, engine: ScoringEngine, searches: list[Search]) 
 
 
 async def bench_model(model: str, spec: ModelSpec, source: Searches, docs: int, levels: list[int],
-                      sequential: int, sort: bool) -> list[Row]:
+                      sequential: int) -> list[Row]:
     log(f"{model}: loading {spec.source}")
     scorer = load_scorer(model, spec)
     engine = ScoringEngine({model: spec}, loader=lambda _name, _spec: scorer)  # one copy of the weights
@@ -215,7 +216,7 @@ async def bench_model(model: str, spec: ModelSpec, source: Searches, docs: int, 
         if level == max(levels) and sequential:
             # next to the biggest engine level, so drift on a shared machine hits both alike
             log(f"{model}: direct, {sequential} searches one after another")
-            direct = await run_direct(model, scorer, source.take(sequential, docs), spec.batch_size, sort)
+            direct = await run_direct(model, scorer, source.take(sequential, docs), spec.batch_size)
             rows.insert(len(rows) - 1, direct)
     await engine.close()
     return rows
@@ -231,7 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SciFact in BEIR format (default: %(default)s)")
-    parser.add_argument("--models", default="minilm,tiny-ce", help="comma list of %(default)s")
+    parser.add_argument("--models", default="minilm,minilm-ce,tiny-ce", help="comma list of %(default)s")
     parser.add_argument("--levels", default="1,8,32", help="concurrent searches per engine run (default %(default)s)")
     parser.add_argument("--sequential", type=int, default=32, help="searches in the direct row (default %(default)s)")
     parser.add_argument("--docs", type=int, default=100, help="documents per search (default %(default)s)")
@@ -241,8 +242,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--doc-tokens", type=int, default=128, help="document text budget in pieces (default "
                         "%(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="model batch size, both sides (default %(default)s)")
-    parser.add_argument("--max-batch-tokens", type=int, default=16_384, help="engine: padded tokens per model call "
-                        "(default %(default)s)")
+    parser.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per model call, engine "
+                        "and backend (default: the device's, see ModelSpec.batch_tokens)")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="engine: batching wait (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="smoke run: levels 1,4, 4 sequential, 10 documents")
     args = parser.parse_args(argv)
@@ -262,13 +263,15 @@ async def main(argv: list[str] | None = None) -> None:
         for model in args.models.split(","):
             if model == "minilm":
                 spec = ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, cache_entries=0, score_cache_entries=0, **knobs)
-                rows += await bench_model(model, spec, source, args.minilm_docs, levels, args.sequential, sort=True)
-            elif model == "tiny-ce":
-                folder = make_tiny_cross_encoder(Path(tmp) / "tiny-ce")
+                rows += await bench_model(model, spec, source, args.minilm_docs, levels, args.sequential)
+            elif model in ("minilm-ce", "tiny-ce"):
+                make = make_minilm_cross_encoder if model == "minilm-ce" else make_tiny_cross_encoder
+                folder = make(Path(tmp) / model)
                 spec = ModelSpec(backend="cross-encoder", source=str(folder), score_cache_entries=0, **knobs)
-                rows += await bench_model(model, spec, source, args.docs, levels, args.sequential, sort=False)
+                rows += await bench_model(model, spec, source, args.minilm_docs if model == "minilm-ce" else args.docs,
+                                          levels, args.sequential)
             else:
-                raise SystemExit(f"unknown model {model!r} (known: minilm, tiny-ce)")
+                raise SystemExit(f"unknown model {model!r} (known: minilm, minilm-ce, tiny-ce)")
     import torch
 
     log(f"done in {time.perf_counter() - started:.0f}s (torch threads: {torch.get_num_threads()}, "

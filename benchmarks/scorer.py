@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/scorer.py                       # all three backends, sized for a 2-core CPU
     .venv/bin/python benchmarks/scorer.py --backends mxbai-v2 --mxbai-queries 8 --mxbai-docs 16
     .venv/bin/python benchmarks/scorer.py --cross-encoder /models/ms-marco-MiniLM-L-6-v2   # adds a row
+    .venv/bin/python benchmarks/scorer.py --backends cross-encoder,bi-encoder --max-batch-tokens 1024,2048,16384
 
 Pairs: SciFact test queries (file order) x their BM25 top-k documents (an in-script BM25 with Elasticsearch's
 defaults k1=1.2, b=0.75 over title + text), each document's text built as the proxy builds it
@@ -11,15 +12,19 @@ defaults k1=1.2, b=0.75 over title + text), each document's text built as the pr
 | backend | ours | reference |
 |---|---|---|
 | mxbai-v2 | `MxbaiV2Scorer` | mixedbread's `mxbai-rerank` (`MxbaiRerankV2.rank`), in its own venv (transformers < 5) |
-| cross-encoder | `CrossEncoderScorer` | `sentence_transformers.CrossEncoder.predict` |
-| bi-encoder | `BiEncoderScorer` (embedding cache off) | `SentenceTransformer.encode` + cosine |
+| cross-encoder | `CrossEncoderScorer` | `sentence_transformers.CrossEncoder.predict` (length-sorted batches) |
+| bi-encoder | `BiEncoderScorer` (embedding cache off) | `SentenceTransformer.encode` (length-sorted) + cosine |
 
+The cross-encoder is all-MiniLM-L6-v2's trained encoder under a seeded random one-logit head, built once under
+`.cache/bench-models`: the shape of cross-encoder/ms-marco-MiniLM-L-6-v2, so it costs what that model costs.
 mxbai-v2 runs on a random Qwen2 with mxbai-rerank-base-v2's exact shapes in float32 (built once under
 `.cache/bench-models`, both sides load the same folder; `--mxbai-model` takes a real one), so it costs what the
 real model costs; its query + document budget is `--mxbai-max-length` model tokens, the prompt template comes on
 top. Each side scores one query per call (the proxy's unit of work) with the same batch size and thread count.
+Ours also cuts its model calls by `max_batch_tokens` (padded tokens per call, length-sorted); `--max-batch-tokens`
+takes a comma list to race one of ours per value against the same reference (how the CPU default was chosen).
 
-Timing: a warm-up call per side, then `--repeats` timed passes over the whole pair set. Within a pass the two
+Timing: a warm-up call per side, then `--repeats` timed passes over the whole pair set. Within a pass the
 sides take turns query by query (ours first, then the reference first, ...), so the machine's other load hits
 both alike; each side's best pass counts. The reference for mxbai-v2 is a child process that stays loaded and
 scores the query it is sent (benchmarks/reference_scorer.py), timing itself, so the pipe is not counted.
@@ -55,6 +60,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported:
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from rerank.spec import CPU_BATCH_TOKENS  # noqa: E402  (pure pydantic: no torch yet)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
 CACHE = REPO / ".cache"
@@ -194,20 +201,37 @@ class Row:
     model: str
     shape: str  # e.g. "4x8"
     pairs: int
+    budget: int  # ours: padded tokens per model call
     ours: float  # pairs/s
     reference: float
     diff: float
 
 
-def finish(backend: str, model: str, pairs: list[Query], ours: Side, reference: Side) -> Row:
+def finish(backend: str, model: str, pairs: list[Query], ours: Side, reference: Side, budget: int) -> Row:
     count = sum(len(q.docs) for q in pairs)
     shape = f"{len(pairs)}x{len(pairs[0].docs)}" if len({len(q.docs) for q in pairs}) == 1 else "mixed"
     diff = max_abs_diff(ours.scores, reference.scores)
-    row = Row(backend, model, shape, count, count / ours.best, count / reference.best, diff)
+    row = Row(backend, model, shape, count, budget, count / ours.best, count / reference.best, diff)
     flat = [x for scores in ours.scores for x in scores]
-    log(f"{backend}: ours {row.ours:.2f} pairs/s, reference {row.reference:.2f} pairs/s, max abs diff {diff:.3g} "
-        f"(our scores span {min(flat):.4g} to {max(flat):.4g})")
+    log(f"{backend}: {ours.label} {row.ours:.2f} pairs/s, reference {row.reference:.2f} pairs/s, max abs diff "
+        f"{diff:.3g} (our scores span {min(flat):.4g} to {max(flat):.4g})")
     return row
+
+
+def load_ours(args: argparse.Namespace, spec: Any) -> dict[int, Any]:
+    """Our scorer once per `--max-batch-tokens` value, each loaded on its own."""
+    from rerank.registry import load_scorer
+
+    return {budget: load_scorer("bench", spec.model_copy(update={"max_batch_tokens": budget}))
+            for budget in args.max_batch_tokens}
+
+
+def race_ours(backend: str, model: str, pairs: list[Query], ours: dict[int, Any], reference: Side,
+              repeats: int) -> list[Row]:
+    """Every one of ours and the reference in one race; a row per one of ours."""
+    sides = [local_side(f"ours@{budget}", scorer.score) for budget, scorer in ours.items()]
+    race([*sides, reference], pairs, repeats)
+    return [finish(backend, model, pairs, side, reference, budget) for side, budget in zip(sides, ours)]
 
 
 def token_stats(lengths: Sequence[int]) -> str:
@@ -294,8 +318,7 @@ class ReferenceProcess:
         os.unlink(self.job_file.name)
 
 
-def bench_mxbai(args: argparse.Namespace, pairs: list[Query]) -> tuple[Row, str]:
-    from rerank.registry import load_scorer
+def bench_mxbai(args: argparse.Namespace, pairs: list[Query]) -> tuple[list[Row], str]:
     from rerank.spec import ModelSpec
     from tests.qwen import loaded_weights_sha256
 
@@ -305,7 +328,8 @@ def bench_mxbai(args: argparse.Namespace, pairs: list[Query]) -> tuple[Row, str]
     spec = ModelSpec(backend="mxbai-v2", source=str(folder), device="cpu", dtype="float32",
                      max_length=args.mxbai_max_length, batch_size=args.batch_size, threads=args.threads)
     log(f"mxbai-v2: loading ours and the reference ({python}) from {folder}")
-    ours = load_scorer("bench", spec)
+    scorers = load_ours(args, spec)
+    ours = next(iter(scorers.values()))
     reference = ReferenceProcess(python, {
         "model": str(folder), "max_length": args.mxbai_max_length, "batch_size": args.batch_size,
         "threads": args.threads, "dtype": "float32",
@@ -318,59 +342,65 @@ def bench_mxbai(args: argparse.Namespace, pairs: list[Query]) -> tuple[Row, str]
         template = len(ours.prefix_ids) + len(ours.suffix_ids)
         versions = ", ".join(f"{k} {v}" for k, v in reference.ready["versions"].items())
         log(f"mxbai-v2: tokens per pair {token_stats(lengths)} (template {template}); reference: {versions}")
-        sides = [local_side("ours", ours.score), Side("reference", reference.run)]
-        race(sides, pairs, args.mxbai_repeats)
+        rows = race_ours("mxbai-v2", model, pairs, scorers, Side("reference", reference.run), args.mxbai_repeats)
     finally:
         reference.close()
     note = (f"mxbai-v2: {len(pairs)} queries x {len(pairs[0].docs)} docs, query+document budget "
             f"{args.mxbai_max_length} tokens + {template}-token template ({token_stats(lengths)} tokens per pair), "
             f"best of {args.mxbai_repeats}; reference = mxbai-rerank {reference.ready['versions']['mxbai-rerank']}")
-    row = finish("mxbai-v2", model, pairs, *sides)
-    del ours
+    del ours, scorers
     gc.collect()
-    return row, note
+    return rows, note
 
 
 # --- cross-encoder and bi-encoder (references from sentence-transformers, in this venv) -----------------------
 
 
-def bench_cross_encoder(args: argparse.Namespace, pairs: list[Query], folder: Path, model: str) -> tuple[Row, str]:
+def minilm_cross_encoder_folder() -> Path:
+    """MiniLM-L6's encoder under a random head (ms-marco-MiniLM-L-6-v2's shape), built once under .cache."""
+    from tests.models import make_minilm_cross_encoder
+
+    folder = MODELS_CACHE / "minilm-l6-cross-encoder-seed0"
+    if not (folder / "config.json").is_file():
+        make_minilm_cross_encoder(folder, seed=0)
+    return folder
+
+
+def bench_cross_encoder(args: argparse.Namespace, pairs: list[Query], folder: Path,
+                        model: str) -> tuple[list[Row], str]:
     from sentence_transformers import CrossEncoder
 
-    from rerank.registry import load_scorer
     from rerank.spec import ModelSpec
 
     spec = ModelSpec(backend="cross-encoder", source=str(folder), device="cpu", batch_size=args.batch_size,
                      threads=args.threads)
-    ours = load_scorer("bench", spec)
     reference = CrossEncoder(str(folder), device="cpu", local_files_only=True)
+    label = 0 if reference.model.config.num_labels == 1 else 1
 
     def predict(query: str, docs: list[str]) -> list[float]:
         scores = reference.predict([(query, d) for d in docs], batch_size=args.batch_size, show_progress_bar=False)
         # Several labels come back as one row each; the positive class is the score, as in ours.
-        return (scores[:, ours.label] if scores.ndim == 2 else scores).tolist()
+        return (scores[:, label] if scores.ndim == 2 else scores).tolist()
 
-    encoded = [ours.tokenizer([q.query] * len(q.docs), q.docs, truncation=True, max_length=ours.max_length)
-               for q in pairs]
-    lengths = [len(ids) for batch in encoded for ids in batch["input_ids"]]
-    sides = [local_side("ours", ours.score), local_side("reference", predict)]
-    race(sides, pairs, args.repeats)
+    tokenizer = reference.tokenizer
+    lengths = [len(ids) for q in pairs for ids in tokenizer([q.query] * len(q.docs), q.docs, truncation=True,
+                                                            max_length=reference.max_length)["input_ids"]]
+    rows = race_ours("cross-encoder", model, pairs, load_ours(args, spec), local_side("reference", predict),
+                     args.repeats)
     note = (f"cross-encoder {model}: {len(pairs)} queries x {len(pairs[0].docs)} docs "
             f"({token_stats(lengths)} tokens per pair)")
-    return finish("cross-encoder", model, pairs, *sides), note
+    return rows, note
 
 
-def bench_bi_encoder(args: argparse.Namespace, pairs: list[Query]) -> tuple[Row, str]:
+def bench_bi_encoder(args: argparse.Namespace, pairs: list[Query]) -> tuple[list[Row], str]:
     from sentence_transformers import SentenceTransformer
 
-    from rerank.registry import load_scorer
     from rerank.spec import ModelSpec
     from tests.models import MINILM_SOURCE, minilm_dir
 
     # cache_entries=0: our document-embedding cache would turn every pass after the first into lookups.
     spec = ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, device="cpu", batch_size=args.batch_size,
                      threads=args.threads, cache_entries=0)
-    ours = load_scorer("bench", spec)
     reference = SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
 
     def encode_and_cosine(query: str, docs: list[str]) -> list[float]:
@@ -380,23 +410,24 @@ def bench_bi_encoder(args: argparse.Namespace, pairs: list[Query]) -> tuple[Row,
         return (doc_vecs @ query_vec).tolist()
 
     lengths = [len(ids) for q in pairs for ids in
-               ours.tokenizer(q.docs, truncation=True, max_length=ours.max_length)["input_ids"]]
-    sides = [local_side("ours", ours.score), local_side("reference", encode_and_cosine)]
-    race(sides, pairs, args.repeats)
+               reference.tokenizer(q.docs, truncation=True, max_length=reference.max_seq_length)["input_ids"]]
+    rows = race_ours("bi-encoder", "all-MiniLM-L6-v2", pairs, load_ours(args, spec),
+                     local_side("reference", encode_and_cosine), args.repeats)
     note = (f"bi-encoder all-MiniLM-L6-v2: {len(pairs)} queries x {len(pairs[0].docs)} docs "
             f"({token_stats(lengths)} tokens per document), our embedding cache off")
-    return finish("bi-encoder", "all-MiniLM-L6-v2", pairs, *sides), note
+    return rows, note
 
 
 # --- main -----------------------------------------------------------------------------------------------------
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| backend | model | pairs | pairs/s ours | pairs/s reference | ratio | max abs score diff |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| backend | model | pairs | ours: tokens per call | pairs/s ours | pairs/s reference | ratio | "
+             "max abs score diff |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.backend} | {r.model} | {r.pairs} ({r.shape}) | {r.ours:.2f} | {r.reference:.2f} | "
-                     f"{r.ours / r.reference:.2f} | {r.diff:.2g} |")
+        lines.append(f"| {r.backend} | {r.model} | {r.pairs} ({r.shape}) | {r.budget:,} | {r.ours:.2f} | "
+                     f"{r.reference:.2f} | {r.ours / r.reference:.2f} | {r.diff:.2g} |")
     return "\n".join(lines)
 
 
@@ -418,6 +449,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "TextConfig.max_tokens (default %(default)s, as in config.yaml)")
     parser.add_argument("--batch-size", type=int, default=32, help="both sides (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads, both sides (default: torch's)")
+    parser.add_argument("--max-batch-tokens", default=str(CPU_BATCH_TOKENS), metavar="N[,N...]",
+                        help="ours: padded tokens per model call (default %(default)s, the CPU default); a comma "
+                        "list races one of ours per value against the same reference")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per side, best kept (default %(default)s)")
     parser.add_argument("--mxbai-repeats", type=int, default=2, help="the same for mxbai-v2 (default %(default)s)")
     parser.add_argument("--cross-encoder", action="append", default=[], metavar="PATH",
@@ -426,6 +460,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"under {REFERENCE_VENV.relative_to(REPO)})")
     args = parser.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    try:
+        args.max_batch_tokens = [int(n) for n in args.max_batch_tokens.split(",")]
+    except ValueError:
+        parser.error(f"--max-batch-tokens: comma list of integers, got {args.max_batch_tokens!r}")
     if unknown := set(args.backends) - set(BACKENDS):
         parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}; known: {', '.join(BACKENDS)}")
     return args
@@ -434,8 +472,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
-
-    from tests.models import make_tiny_cross_encoder
 
     args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -448,21 +484,19 @@ def main(argv: list[str] | None = None) -> None:
     notes: list[str] = []
     if "mxbai-v2" in args.backends:
         mx = [Query(q.query, q.docs[: args.mxbai_docs]) for q in pairs[: args.mxbai_queries]]
-        row, note = bench_mxbai(args, mx)
-        rows.append(row)
+        more, note = bench_mxbai(args, mx)
+        rows.extend(more)
         notes.append(note)
     if "cross-encoder" in args.backends:
-        with tempfile.TemporaryDirectory() as tmp:
-            row, note = bench_cross_encoder(args, small, make_tiny_cross_encoder(Path(tmp)), "tiny random BERT")
-        rows.append(row)
-        notes.append(note)
-        for path in args.cross_encoder:
-            row, note = bench_cross_encoder(args, small, Path(path), Path(path).name)
-            rows.append(row)
+        folders = {"MiniLM-L6, random head (ms-marco-MiniLM-L-6-v2 shape)": minilm_cross_encoder_folder()}
+        folders.update((Path(path).name, Path(path)) for path in args.cross_encoder)
+        for model, folder in folders.items():
+            more, note = bench_cross_encoder(args, small, folder, model)
+            rows.extend(more)
             notes.append(note)
     if "bi-encoder" in args.backends:
-        row, note = bench_bi_encoder(args, small)
-        rows.append(row)
+        more, note = bench_bi_encoder(args, small)
+        rows.extend(more)
         notes.append(note)
     print(f"\nScorer throughput, ours vs reference: SciFact test queries x BM25 top-k, document text title+text "
           f"cut at {args.doc_tokens} pieces; CPU, {args.threads} torch threads, batch size {args.batch_size}, "

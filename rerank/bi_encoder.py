@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from rerank.backend import ModelLoadError
-from rerank.loading import TransformersScorer, batches, read_json
+from rerank.loading import TransformersScorer, read_json
 from rerank.spec import ModelSpec
 
 POOLING_MODES = ("mean", "cls", "lasttoken")
@@ -60,10 +60,14 @@ class BiEncoderScorer(TransformersScorer):
         self.max_length = min(self.max_length, trained or self.max_length)
         self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
 
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        # Always L2-normalised, Normalize module or not: we score by cosine.
-        output, encoded = self._forward(texts)
-        return F.normalize(pool(output.last_hidden_state.float(), encoded["attention_mask"], self.pooling), dim=-1)
+    def _embed(self, texts: list[str]) -> list[torch.Tensor]:
+        """One embedding per text, in order; always L2-normalised, Normalize module or not: we score by cosine."""
+        vectors: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+        for rows, output, mask in self._forward(texts):
+            pooled = F.normalize(pool(output.last_hidden_state.float(), mask, self.pooling), dim=-1)
+            for i, vector in zip(rows, pooled):
+                vectors[i] = vector
+        return vectors
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
         return self.score_pairs([query] * len(docs), docs)
@@ -76,19 +80,17 @@ class BiEncoderScorer(TransformersScorer):
             return []
         distinct = {query: row for row, query in enumerate(dict.fromkeys(queries))}
         with torch.inference_mode():
-            query_vecs = torch.cat([self._embed(chunk) for chunk in batches(list(distinct), self.spec.batch_size)])
+            query_vecs = torch.stack(self._embed(list(distinct)))
             doc_vecs = torch.stack(self._document_vectors(docs))
             rows = torch.tensor([distinct[query] for query in queries], device=query_vecs.device)
             return (doc_vecs * query_vecs[rows]).sum(-1).tolist()
 
     def _document_vectors(self, docs: Sequence[str]) -> list[torch.Tensor]:
-        """Document embeddings do not depend on the query: each text is embedded once and kept in an LRU, and the
-        new ones are embedded in length-sorted batches so little of each batch is padding."""
+        """Document embeddings do not depend on the query: each text is embedded once and kept in an LRU."""
         keys = [hashlib.blake2b(d.encode("utf-8", "surrogatepass"), digest_size=16).digest() for d in docs]
         found = {k: self._cache[k] for k in keys if k in self._cache}
-        new = sorted({k: d for k, d in zip(keys, docs) if k not in found}.items(), key=lambda kd: len(kd[1]))
-        for chunk in batches(new, self.spec.batch_size):
-            found.update(zip((k for k, _ in chunk), self._embed([d for _, d in chunk])))
+        new = {k: d for k, d in zip(keys, docs) if k not in found}
+        found.update(zip(new, self._embed(list(new.values()))))
         for k in keys:
             self._cache[k] = found[k]
             self._cache.move_to_end(k)

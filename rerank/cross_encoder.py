@@ -54,10 +54,10 @@ class CrossEncoderScorer(TransformersScorer):
         scores = [0.0] * len(docs)
         with torch.inference_mode():
             for truncation, rows in groups.items():
-                for start in range(0, len(rows), self.spec.batch_size):
-                    batch = rows[start : start + self.spec.batch_size]
-                    output, _ = self._forward([queries[i] for i in batch], [docs[i] for i in batch], truncation)
+                calls = self._forward([queries[i] for i in rows], [docs[i] for i in rows], truncation)
+                for positions, output, _ in calls:
                     # float64 so sigmoid-squashed scores of very relevant documents do not tie at 1.0
-                    for i, value in zip(batch, self.activation(output.logits.double())[:, self.label].tolist()):
-                        scores[i] = value
+                    values = self.activation(output.logits.double())[:, self.label].tolist()
+                    for position, value in zip(positions, values):
+                        scores[rows[position]] = value
         return scores

@@ -19,7 +19,8 @@ rest (the proxy answers `partial`), with none it gets TimeoutError. Scores are k
 keyed by (instruction, query, document hash), so paging through one query's window never reaches the model twice.
 A full queue refuses at once (`Overloaded`) so the proxy falls back to the cluster's order instead of piling up.
 
-Per-model knobs live in the model's spec (`max_wait_ms`, `max_batch_tokens`, `score_cache_entries`, `max_queue`).
+Per-model knobs live in the model's spec (`max_wait_ms`, `max_batch_tokens`, `score_cache_entries`, `max_queue`);
+with `max_batch_tokens` unset, a local backend's device decides it (`ModelSpec.batch_tokens`).
 """
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 from . import metrics
 from .backend import Scorer
+from .batching import fits
 from .registry import load_scorer
-from .spec import ModelSpec
+from .spec import ACCELERATOR_BATCH_TOKENS, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class BatchSettings:
     def of(cls, spec: ModelSpec, max_queue: int = DEFAULT_MAX_QUEUE) -> BatchSettings:
         return cls(
             max_wait_s=spec.max_wait_ms / 1000,
-            max_batch_tokens=spec.max_batch_tokens,
+            max_batch_tokens=spec.max_batch_tokens or ACCELERATOR_BATCH_TOKENS,
             batch_size=spec.batch_size,
             score_cache_entries=spec.score_cache_entries,
             max_queue=spec.max_queue or max_queue,
@@ -198,6 +200,10 @@ class _ModelWorker:
             log.error("model %s failed to load: %s", self.name, self.error)
             metrics.MODEL_UP.labels(self.name).set(0)
             return
+        # A local backend knows its device, and so the call size its model runs best at (see ModelSpec.batch_tokens).
+        budget = getattr(scorer, "max_batch_tokens", None)
+        if isinstance(budget, int):
+            self.settings = replace(self.settings, max_batch_tokens=budget)
         self.scorer = scorer
         metrics.MODEL_UP.labels(self.name).set(1)
         self._task = asyncio.create_task(self._run(), name=f"engine-{self.name}")
@@ -380,9 +386,8 @@ class _ModelWorker:
                 queue.popleft()
                 metrics.DROPPED.labels(self.name, reasons[0] or "deadline").inc()
                 continue
-            # Sorted ascending, so this pair is the batch's longest: the padded size if it joins.
-            if batch and (len(batch) >= self.settings.batch_size
-                          or (len(batch) + 1) * pair.tokens > self.settings.max_batch_tokens):
+            # Sorted ascending, so this pair is the batch's longest if it joins.
+            if not fits(len(batch), pair.tokens, self.settings.batch_size, self.settings.max_batch_tokens):
                 break
             batch.append(queue.popleft())
         return batch

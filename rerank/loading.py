@@ -9,16 +9,16 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, Iterator
 
 import torch
-from transformers import AutoTokenizer, BatchEncoding
+from transformers import AutoTokenizer
 from transformers.utils import cached_file
 
 from rerank.backend import ModelLoadError
+from rerank.batching import token_batches
 from rerank.spec import ModelSpec
 
-T = TypeVar("T")
 PACKAGE_PREFIX = "package:"
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
@@ -86,11 +86,6 @@ def read_json(path_or_id: str, filename: str) -> dict[str, Any] | None:
     return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
 
 
-def batches(items: Sequence[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
 class TransformersScorer:
     """Tokenizer + model loaded once from a spec; subclasses implement `score` on top of `_forward`."""
 
@@ -111,6 +106,7 @@ class TransformersScorer:
             where = "" if self.path == spec.source else f" (resolved to {self.path})"
             raise ModelLoadError(f"cannot load model {spec.source!r}{where}: {type(exc).__name__}: {exc}") from exc
         self.max_length = self._max_length()
+        self.max_batch_tokens = spec.batch_tokens(self.device.type)
 
     def _max_length(self) -> int:
         # Never feed more than the tokenizer or the position embeddings allow, whatever the config asks for.
@@ -124,9 +120,14 @@ class TransformersScorer:
 
     def _forward(
         self, texts: list[str], pairs: list[str] | None = None, truncation: bool | str = True
-    ) -> tuple[Any, BatchEncoding]:
-        """One padded batch through the model; call under `torch.inference_mode()`."""
-        encoded = self.tokenizer(
-            texts, pairs, padding=True, truncation=truncation, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        return self.model(**encoded), encoded
+    ) -> Iterator[tuple[list[int], Any, torch.Tensor]]:
+        """The texts (or text pairs) through the model in calls cut by `token_batches`: for each call, the
+        positions it holds, the model's output and the attention mask. Call under `torch.inference_mode()`."""
+        if not texts:
+            return
+        encoded = self.tokenizer(texts, pairs, truncation=truncation, max_length=self.max_length, verbose=False)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        for rows in token_batches(lengths, self.spec.batch_size, self.max_batch_tokens):
+            call = self.tokenizer.pad({key: [values[i] for i in rows] for key, values in encoded.items()},
+                                      return_tensors="pt").to(self.device)
+            yield rows, self.model(**call), call["attention_mask"]

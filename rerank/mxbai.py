@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM
 
+from rerank.batching import token_batches
 from rerank.loading import TransformersScorer, pick_device
 from rerank.spec import ModelSpec
 
@@ -120,13 +121,10 @@ class MxbaiV2Scorer(TransformersScorer):
         if not docs:
             return []
         rows = self.encode_pairs(queries, docs)
-        # Longest first, so similar lengths share a batch (little padding) and memory trouble shows up at once.
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         scores = [0.0] * len(rows)
         with torch.inference_mode():
-            for start in range(0, len(order), self.spec.batch_size):
-                chunk = order[start : start + self.spec.batch_size]
-                for i, value in zip(chunk, self._score_rows([rows[i] for i in chunk])):
+            for call in token_batches([len(row) for row in rows], self.spec.batch_size, self.max_batch_tokens):
+                for i, value in zip(call, self._score_rows([rows[i] for i in call])):
                     scores[i] = value
         return scores
 

@@ -13,6 +13,12 @@ REMOTE_FIELDS = frozenset(
      "max_concurrency"}
 )
 
+# Padded tokens per model call by default. A GPU wants big calls. On a CPU, bigger calls are no cheaper per token
+# (MiniLM-L6 on a 2-core EPYC: 8-11% slower in one ~5,000-token call per search than in calls of 2,048), and small
+# calls let the engine finish searches one by one: at 32 concurrent searches p50 fell from 35 s to 21 s.
+CPU_BATCH_TOKENS = 2_048
+ACCELERATOR_BATCH_TOKENS = 16_384
+
 
 class ModelSpec(BaseModel):
     """One model entry of the `models:` section.
@@ -32,7 +38,10 @@ class ModelSpec(BaseModel):
     batch_size: int = Field(32, gt=0, le=4096)
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's own choice")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="engine: how long a batch waits for more searches")
-    max_batch_tokens: int = Field(16_384, gt=0, description="engine: padded tokens per model call (longest x pairs)")
+    max_batch_tokens: int | None = Field(
+        None, gt=0, description="padded tokens per model call (longest x pairs), for the engine's micro-batches and "
+        f"the backend's own calls; default {CPU_BATCH_TOKENS:,} on CPU, {ACCELERATOR_BATCH_TOKENS:,} otherwise"
+    )
     score_cache_entries: int = Field(50_000, ge=0, description="engine: (query, document) scores kept (LRU); 0 = off")
     max_queue: int | None = Field(None, gt=0, description="engine: searches queued per model before falling back")
     cache_entries: int = Field(
@@ -65,6 +74,12 @@ class ModelSpec(BaseModel):
         "(TEI refuses more than 32 by default)"
     )
     max_concurrency: int = Field(4, gt=0, le=256, description="remote: HTTP calls in flight at once for this model")
+
+    def batch_tokens(self, device_type: str) -> int:
+        """`max_batch_tokens`, or the default for a model running on `device_type` (torch's: cpu, cuda, mps)."""
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return CPU_BATCH_TOKENS if device_type == "cpu" else ACCELERATOR_BATCH_TOKENS
 
     @model_validator(mode="after")
     def _remote_fields_fit_backend(self) -> ModelSpec:

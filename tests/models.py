@@ -45,3 +45,22 @@ def make_tiny_cross_encoder(dir: Path, *, num_labels: int = 1, activation_fn: st
     torch.manual_seed(seed)
     BertForSequenceClassification(config).eval().save_pretrained(dir)
     return dir
+
+
+def make_minilm_cross_encoder(dir: Path, *, seed: int = 0) -> Path:
+    """all-MiniLM-L6-v2's trained encoder under a seeded random one-logit head, saved in `dir`: a cross-encoder with
+    exactly the shape of cross-encoder/ms-marco-MiniLM-L-6-v2 (6 layers, hidden 384), so it costs what that costs.
+    Its scores carry no meaning; benchmarks use it for speed and parity, never for quality."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    dir = Path(dir)
+    source = minilm_dir()
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification.from_pretrained(source, num_labels=1)  # the head is new: random
+    torch.nn.init.normal_(model.classifier.weight, std=0.5)  # wide, so scores spread over units, not hundredths
+    model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}  # as ms-marco's
+    model.eval().save_pretrained(dir)
+    for name in _TOKENIZER_FILES:
+        shutil.copyfile(source / name, dir / name)
+    return dir

@@ -17,7 +17,7 @@ from rerank.bi_encoder import BiEncoderScorer, pool, pooling_mode
 from rerank.cross_encoder import CrossEncoderScorer
 from rerank.loading import pick_device, resolve_source
 from rerank.registry import load_scorer
-from rerank.spec import ModelSpec
+from rerank.spec import CPU_BATCH_TOKENS, ModelSpec
 from tests.models import MINILM_PACKAGE, MINILM_SOURCE, make_tiny_cross_encoder
 
 QUERIES = ["vitamin C deficiency causes scurvy", "smoking increases the risk of lung cancer"]
@@ -231,3 +231,34 @@ def test_threads_setting_is_applied_to_torch(tiny_ce_dir: Path) -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def model_calls(scorer: BiEncoderScorer | CrossEncoderScorer, monkeypatch: pytest.MonkeyPatch) -> list[torch.Size]:
+    """The input shape (inputs x padded length) of every model call the scorer makes from now on."""
+    shapes: list[torch.Size] = []
+    forward = scorer.model.forward
+
+    def spy(*args: object, **kwargs: torch.Tensor) -> object:
+        shapes.append(kwargs["input_ids"].shape)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(scorer.model, "forward", spy)
+    return shapes
+
+
+@pytest.mark.parametrize("backend", ["bi-encoder", "cross-encoder"])
+def test_calls_are_cut_by_the_token_budget_and_scores_do_not_depend_on_the_cut(
+    backend: str, tiny_ce_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = MINILM_SOURCE if backend == "bi-encoder" else str(tiny_ce_dir)
+    whole = load_scorer("whole", ModelSpec(backend=backend, source=source))
+    budget = 64  # three or four of SENTENCES per call
+    cut = load_scorer("cut", whole.spec.model_copy(update={"max_batch_tokens": budget}))
+    assert (whole.max_batch_tokens, cut.max_batch_tokens) == (CPU_BATCH_TOKENS, budget)
+    shapes = model_calls(cut, monkeypatch)
+
+    scores = cut.score(QUERIES[0], SENTENCES)
+
+    assert scores == pytest.approx(whole.score(QUERIES[0], SENTENCES), abs=1e-5)
+    assert sum(n for n, _ in shapes) == len(SENTENCES) + (backend == "bi-encoder")  # + the query
+    assert len(shapes) > 3 and all(n * width <= budget for n, width in shapes)

@@ -385,3 +385,12 @@ async def test_engine_scores_equal_direct_scores_with_a_cross_encoder(tmp_path: 
 
     folder = make_tiny_cross_encoder(tmp_path / "ce")
     await engine_matches_direct_scores(ModelSpec(backend="cross-encoder", source=str(folder), batch_size=4))
+
+
+async def test_micro_batches_follow_the_call_budget_the_backend_reports() -> None:
+    scorer = Overlap()
+    scorer.max_batch_tokens = 12  # type: ignore[attr-defined]  # what a local backend sets from its device
+    engine, m = await started(scorer)
+    await engine.score(m, "q", [words(3, f"d{i}") for i in range(6)], 5)  # 7 tokens per pair: one pair per call
+    assert [len(call) for call in scorer.calls] == [1] * 6
+    await engine.close()
