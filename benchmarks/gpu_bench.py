@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from rerank.batching import token_batches  # noqa: E402
 from tests.qwen import BASE_V2_CONFIG, TINY_CONFIG, parameter_shapes, qwen2_config, save_tokenizer  # noqa: E402
 
 # mxbai-rerank-large-v2 = Qwen2.5-1.5B's shapes (1.54B parameters, 1.31B outside the embedding).
@@ -142,11 +143,10 @@ class Result:
     peak_mem_gib: float | None
 
 
-def padded_tokens(lengths: list[int], batch_size: int, multiple: int) -> int:
-    """Tokens the backend's batches hold: longest first, each batch as wide as its longest row, rounded up."""
-    ordered = sorted(lengths, reverse=True)
-    return sum(len(ordered[i : i + batch_size]) * (-(-ordered[i] // multiple) * multiple)
-               for i in range(0, len(ordered), batch_size))
+def padded_tokens(lengths: list[int], batch_size: int, budget: int, multiple: int) -> int:
+    """Tokens the backend's calls hold: cut as it cuts them, each as wide as its longest row, rounded up."""
+    return sum(len(call) * (-(-max(lengths[i] for i in call) // multiple) * multiple)
+               for call in token_batches(lengths, batch_size, budget))
 
 
 def sequence_flops(length: int, shape: dict[str, Any], params: int) -> float:
@@ -181,6 +181,9 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
     docs_per_query = [synthetic_texts(folder, args.docs, args.doc_tokens, seed=100 + i) for i in range(args.queries)]
     lengths = [[len(ids) for ids in scorer.encode(q, docs)] for q, docs in zip(queries, docs_per_query)]
     flat = [n for row in lengths for n in row]
+    # Out of the way of the sweep: here the batch size alone decides each call's size, so the table shows which
+    # call size the card wants (the product's default budget on a GPU is ModelSpec.batch_tokens("cuda")).
+    scorer.max_batch_tokens = max(args.batch_sizes) * max(flat)
     params = layer_parameters(shape)
     flops = sum(sequence_flops(n, shape, params) for n in flat)
     template = len(scorer.prefix_ids) + len(scorer.suffix_ids)
@@ -203,7 +206,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
             if not all(math.isfinite(s) for s in scores):
                 raise SystemExit(f"{name}: non-finite scores at batch size {batch_size}")
         total = sum(times)
-        padded = sum(padded_tokens(row, batch_size, PAD_MULTIPLE) for row in lengths)
+        padded = sum(padded_tokens(row, batch_size, scorer.max_batch_tokens, PAD_MULTIPLE) for row in lengths)
         result = Result(
             model=name, batch_size=batch_size, queries=args.queries, docs=args.docs,
             s_per_query=statistics.median(times), pairs_per_s=len(flat) / total, tokens_per_s=sum(flat) / total,
