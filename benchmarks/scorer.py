@@ -361,7 +361,7 @@ def minilm_cross_encoder_folder() -> Path:
     from tests.models import make_minilm_cross_encoder
 
     folder = MODELS_CACHE / "minilm-l6-cross-encoder-seed0"
-    if not (folder / "config.json").is_file():
+    if not (folder / "model.safetensors").is_file():  # written last: an interrupted build is redone
         make_minilm_cross_encoder(folder, seed=0)
     return folder
 

@@ -73,6 +73,7 @@ class BatchSettings:
     def of(cls, spec: ModelSpec, max_queue: int = DEFAULT_MAX_QUEUE) -> BatchSettings:
         return cls(
             max_wait_s=spec.max_wait_ms / 1000,
+            # Replaced by the budget a local backend reports once loaded; a remote one reports none.
             max_batch_tokens=spec.max_batch_tokens or ACCELERATOR_BATCH_TOKENS,
             batch_size=spec.batch_size,
             score_cache_entries=spec.score_cache_entries,

@@ -25,11 +25,7 @@ def make_tiny_cross_encoder(dir: Path, *, num_labels: int = 1, activation_fn: st
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    dir = Path(dir)
-    dir.mkdir(parents=True, exist_ok=True)
-    source = minilm_dir()
-    for name in _TOKENIZER_FILES:
-        shutil.copyfile(source / name, dir / name)
+    dir = _with_minilm_tokenizer(dir)
     config = BertConfig(
         vocab_size=30522,
         hidden_size=32,
@@ -54,13 +50,20 @@ def make_minilm_cross_encoder(dir: Path, *, seed: int = 0) -> Path:
     import torch
     from transformers import BertForSequenceClassification
 
-    dir = Path(dir)
-    source = minilm_dir()
+    dir = _with_minilm_tokenizer(dir)
     torch.manual_seed(seed)
-    model = BertForSequenceClassification.from_pretrained(source, num_labels=1)  # the head is new: random
+    model = BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=1)  # the head is new: random
     torch.nn.init.normal_(model.classifier.weight, std=0.5)  # wide, so scores spread over units, not hundredths
     model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}  # as ms-marco's
-    model.eval().save_pretrained(dir)
+    model.eval().save_pretrained(dir)  # last: its weights file marks the folder complete
+    return dir
+
+
+def _with_minilm_tokenizer(dir: Path) -> Path:
+    """`dir`, created, holding MiniLM's WordPiece tokenizer files."""
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    source = minilm_dir()
     for name in _TOKENIZER_FILES:
         shutil.copyfile(source / name, dir / name)
     return dir
