@@ -2,6 +2,7 @@
 
     bash benchmarks/gpu.sh                      # on a GPU machine: sets up Python, then runs this
     python benchmarks/gpu_bench.py --tiny       # anywhere: a tiny Qwen2 on CPU, proves the script works
+    bash benchmarks/gpu.sh --models base-v2 --compile   # the same through torch.compile (`compile: true`)
 
 What it measures: the proxy's unit of work, one `MxbaiV2Scorer.score(query, docs)` call per query (tokenizing,
 length-sorted left-padded batches, the model, logit("1") - logit("0") back on the host), for `--docs` documents of
@@ -172,7 +173,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
     built = time.perf_counter() - start
     start = time.perf_counter()
     spec = ModelSpec(backend="mxbai-v2", source=str(folder), device=str(device),
-                     dtype=str(dtype).removeprefix("torch."), batch_size=args.batch_sizes[0])
+                     dtype=str(dtype).removeprefix("torch."), batch_size=args.batch_sizes[0], compile=args.compile)
     scorer = load_scorer(name, spec)
     loaded = time.perf_counter() - start
     (folder / "model.safetensors").unlink()  # gigabytes; the model is in memory now
@@ -267,6 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--query-tokens", type=int, default=16, help="about this many per query (default %(default)s)")
     parser.add_argument("--batch-sizes", default="16,32,64,100", help="comma list (default %(default)s)")
     parser.add_argument("--peak-tflops", type=float, help="the card's dense peak, when its name is not known here")
+    parser.add_argument("--compile", action="store_true", help="load with `compile: true` (torch.compile, compiled "
+                        "at load: the load time includes it)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     shapes = ("random weights in the real checkpoints' shapes" if "tiny" not in models
               else "random weights (tiny = a 2-layer test Qwen2, not a real size)")
     print(f"\nmxbai-v2 backend on {gpu} ({str(dtype).removeprefix('torch.')}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}): {shapes}, {args.queries} queries x "
+          f"transformers {transformers.__version__}{', torch.compile' if args.compile else ''}): {shapes}, "
+          f"{args.queries} queries x "
           f"{args.docs} documents of about {args.doc_tokens} tokens, one score() call per query; TFLOP/s = "
           f"(2 x layer params x tokens + attention + last-position LM head) / time, padding not counted; "
           f"% of peak against {f'{peak:g} TFLOP/s dense bf16' if peak else 'no known peak'}; "

@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/scorer.py --backends mxbai-v2 --mxbai-queries 8 --mxbai-docs 16
     .venv/bin/python benchmarks/scorer.py --cross-encoder /models/ms-marco-MiniLM-L-6-v2   # adds a row
     .venv/bin/python benchmarks/scorer.py --backends cross-encoder,bi-encoder --max-batch-tokens 1024,2048,16384
+    .venv/bin/python benchmarks/scorer.py --backends cross-encoder,bi-encoder --compile both   # + torch.compile
 
 Pairs: SciFact test queries (file order) x their BM25 top-k documents (an in-script BM25 with Elasticsearch's
 defaults k1=1.2, b=0.75 over title + text), each document's text built as the proxy builds it
@@ -23,6 +24,8 @@ real model costs; its query + document budget is `--mxbai-max-length` model toke
 top. Each side scores one query per call (the proxy's unit of work) with the same batch size and thread count.
 Ours also cuts its model calls by `max_batch_tokens` (padded tokens per call, length-sorted); `--max-batch-tokens`
 takes a comma list to race one of ours per value against the same reference (how the CPU default was chosen).
+`--compile on|both` loads ours with `compile: true` (torch.compile, compiled before the race starts) instead of or
+beside the plain one.
 
 Timing: a warm-up call per side, then `--repeats` timed passes over the whole pair set. Within a pass the
 sides take turns query by query (ours first, then the reference first, ...), so the machine's other load hits
@@ -42,6 +45,7 @@ import argparse
 import contextlib
 import gc
 import heapq
+import itertools
 import json
 import math
 import os
@@ -202,36 +206,46 @@ class Row:
     shape: str  # e.g. "4x8"
     pairs: int
     budget: int  # ours: padded tokens per model call
+    compiled: bool  # ours: through torch.compile
     ours: float  # pairs/s
     reference: float
     diff: float
 
 
-def finish(backend: str, model: str, pairs: list[Query], ours: Side, reference: Side, budget: int) -> Row:
+def finish(backend: str, model: str, pairs: list[Query], ours: Side, reference: Side, variant: Variant) -> Row:
     count = sum(len(q.docs) for q in pairs)
     shape = f"{len(pairs)}x{len(pairs[0].docs)}" if len({len(q.docs) for q in pairs}) == 1 else "mixed"
     diff = max_abs_diff(ours.scores, reference.scores)
-    row = Row(backend, model, shape, count, budget, count / ours.best, count / reference.best, diff)
+    row = Row(backend, model, shape, count, *variant, count / ours.best, count / reference.best, diff)
     flat = [x for scores in ours.scores for x in scores]
     log(f"{backend}: {ours.label} {row.ours:.2f} pairs/s, reference {row.reference:.2f} pairs/s, max abs diff "
         f"{diff:.3g} (our scores span {min(flat):.4g} to {max(flat):.4g})")
     return row
 
 
-def load_ours(args: argparse.Namespace, spec: Any) -> dict[int, Any]:
-    """Our scorer once per `--max-batch-tokens` value, each loaded on its own."""
+Variant = tuple[int, bool]  # ours as loaded: (max_batch_tokens, compile)
+
+
+def load_ours(args: argparse.Namespace, spec: Any) -> dict[Variant, Any]:
+    """Our scorer once per `--max-batch-tokens` value and `--compile` setting, each loaded (and compiled) on its own."""
     from rerank.registry import load_scorer
 
-    return {budget: load_scorer("bench", spec.model_copy(update={"max_batch_tokens": budget}))
-            for budget in args.max_batch_tokens}
+    ours = {}
+    for variant in itertools.product(args.max_batch_tokens, args.compile):
+        budget, compiled = variant
+        started = time.perf_counter()
+        ours[variant] = load_scorer("bench", spec.model_copy(update={"max_batch_tokens": budget, "compile": compiled}))
+        log(f"  ours@{budget}{'+compile' if compiled else ''}: loaded in {time.perf_counter() - started:.1f} s")
+    return ours
 
 
-def race_ours(backend: str, model: str, pairs: list[Query], ours: dict[int, Any], reference: Side,
+def race_ours(backend: str, model: str, pairs: list[Query], ours: dict[Variant, Any], reference: Side,
               repeats: int) -> list[Row]:
     """Every one of ours and the reference in one race; a row per one of ours."""
-    sides = [local_side(f"ours@{budget}", scorer.score) for budget, scorer in ours.items()]
+    sides = [local_side(f"ours@{budget}{'+compile' if compiled else ''}", scorer.score)
+             for (budget, compiled), scorer in ours.items()]
     race([*sides, reference], pairs, repeats)
-    return [finish(backend, model, pairs, side, reference, budget) for side, budget in zip(sides, ours)]
+    return [finish(backend, model, pairs, side, reference, variant) for side, variant in zip(sides, ours)]
 
 
 def token_stats(lengths: Sequence[int]) -> str:
@@ -422,11 +436,12 @@ def bench_bi_encoder(args: argparse.Namespace, pairs: list[Query]) -> tuple[list
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| backend | model | pairs | ours: tokens per call | pairs/s ours | pairs/s reference | ratio | "
-             "max abs score diff |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| backend | model | pairs | ours: tokens per call | ours: compiled | pairs/s ours | pairs/s reference | "
+             "ratio | max abs score diff |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.backend} | {r.model} | {r.pairs} ({r.shape}) | {r.budget:,} | {r.ours:.2f} | "
+        lines.append(f"| {r.backend} | {r.model} | {r.pairs} ({r.shape}) | {r.budget:,} | "
+                     f"{'yes' if r.compiled else 'no'} | {r.ours:.2f} | "
                      f"{r.reference:.2f} | {r.ours / r.reference:.2f} | {r.diff:.2g} |")
     return "\n".join(lines)
 
@@ -452,6 +467,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-batch-tokens", default=str(CPU_BATCH_TOKENS), metavar="N[,N...]",
                         help="ours: padded tokens per model call (default %(default)s, the CPU default); a comma "
                         "list races one of ours per value against the same reference")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                        help="ours: torch.compile the model (`compile: true`); both races one of each "
+                        "(default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per side, best kept (default %(default)s)")
     parser.add_argument("--mxbai-repeats", type=int, default=2, help="the same for mxbai-v2 (default %(default)s)")
     parser.add_argument("--cross-encoder", action="append", default=[], metavar="PATH",
@@ -464,6 +482,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.max_batch_tokens = [int(n) for n in args.max_batch_tokens.split(",")]
     except ValueError:
         parser.error(f"--max-batch-tokens: comma list of integers, got {args.max_batch_tokens!r}")
+    args.compile = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     if unknown := set(args.backends) - set(BACKENDS):
         parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}; known: {', '.join(BACKENDS)}")
     return args

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import AutoTokenizer
@@ -23,6 +24,8 @@ PACKAGE_PREFIX = "package:"
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 _TRUTHY = {"1", "true", "yes", "on"}
+
+log = logging.getLogger(__name__)
 
 
 def resolve_source(source: str) -> str:
@@ -107,6 +110,30 @@ class TransformersScorer:
             raise ModelLoadError(f"cannot load model {spec.source!r}{where}: {type(exc).__name__}: {exc}") from exc
         self.max_length = self._max_length()
         self.max_batch_tokens = spec.batch_tokens(self.device.type)
+        # What the backends call. Compiled lazily by torch, on first use of each shape it tells apart: `warm_up`.
+        self.forward: Any = torch.compile(self.model, dynamic=True) if spec.compile else self.model
+
+    def warm_up(self) -> None:
+        """Compile the model before the first search, when `compile` is on (an uncompiled one needs nothing).
+
+        torch.compile builds a graph for a batch of one and another for every bigger batch; building either during
+        a search would stall it for seconds, so a single pair and then two are scored here. A model that fails to
+        compile (no C++ compiler, an operator inductor cannot lower) runs uncompiled: slower, but it serves.
+        """
+        if self.forward is self.model:
+            return
+        try:
+            self.score_pairs(["warm up"], ["warm up"])
+            # Documents not seen before: the bi-encoder would take a known one from its cache, not the model.
+            self.score_pairs(["warm up"] * 2, ["a first document", "a second document, a little longer"])
+        except Exception as exc:
+            log.warning("model %s: torch.compile failed, running uncompiled: %s: %s", self.name,
+                        type(exc).__name__, exc)
+            self.forward = self.model
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        """Each backend's own (see rerank.backend.Scorer)."""
+        raise NotImplementedError
 
     def _max_length(self) -> int:
         # Never feed more than the tokenizer or the position embeddings allow, whatever the config asks for.
@@ -130,4 +157,4 @@ class TransformersScorer:
         for rows in token_batches(lengths, self.spec.batch_size, self.max_batch_tokens):
             call = self.tokenizer.pad({key: [values[i] for i in rows] for key, values in encoded.items()},
                                       return_tensors="pt").to(self.device)
-            yield rows, self.model(**call), call["attention_mask"]
+            yield rows, self.forward(**call), call["attention_mask"]

@@ -136,7 +136,7 @@ class MxbaiV2Scorer(TransformersScorer):
         for i, row in enumerate(rows):
             input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             attention_mask[i, width - len(row) :] = 1
-        logits = self.model(
+        logits = self.forward(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
             use_cache=False,

@@ -16,9 +16,14 @@ BACKENDS: dict[str, str] = {
 
 
 def load_scorer(name: str, spec: ModelSpec) -> Scorer:
-    """Load the model `spec` describes under the config name `name`; every failure is a ModelLoadError."""
+    """Load the model `spec` describes under the config name `name`, warmed up (local models); every failure to
+    load is a ModelLoadError."""
     target = BACKENDS.get(spec.backend)
     if target is None:
         raise ModelLoadError(f"model {name!r}: unknown backend {spec.backend!r} (known: {', '.join(BACKENDS)})")
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)(spec, name=name)
+    scorer = getattr(importlib.import_module(module), cls)(spec, name=name)
+    warm_up = getattr(scorer, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
+    return scorer

@@ -37,6 +37,10 @@ class ModelSpec(BaseModel):
     max_length: int = Field(512, gt=8, le=32768, description="tokens per (query, document) input")
     batch_size: int = Field(32, gt=0, le=4096)
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's own choice")
+    compile: bool = Field(
+        False, description="local backends: run the model through torch.compile (inductor), compiled at load; on a "
+        "CPU it needs a C++ compiler and takes tens of seconds per model"
+    )
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="engine: how long a batch waits for more searches")
     max_batch_tokens: int | None = Field(
         None, gt=0, description="padded tokens per model call (longest x pairs), for the engine's micro-batches and "
@@ -88,6 +92,8 @@ class ModelSpec(BaseModel):
             if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
                 raise ValueError(f"source: backend 'remote' needs the service's base URL (http[s]://host:port), "
                                  f"got {self.source!r}")
+            if self.compile:
+                raise ValueError("compile: only valid with a local backend, not 'remote'")
         elif stray := sorted(REMOTE_FIELDS & self.model_fields_set):
             raise ValueError(f"{', '.join(stray)}: only valid with backend 'remote', not {self.backend!r}")
         return self

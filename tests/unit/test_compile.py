@@ -1,0 +1,81 @@
+"""`compile: true`: the local backends run their model through torch.compile, compiled at load, same scores."""
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may try the network
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+from pydantic import ValidationError
+
+from rerank import loading
+from rerank.registry import load_scorer
+from rerank.spec import ModelSpec
+from tests.models import MINILM_SOURCE, make_tiny_cross_encoder
+from tests.qwen import make_tiny_qwen2
+
+QUERY = "vitamin C deficiency causes scurvy"
+DOCS = [
+    "Scurvy results from a prolonged lack of ascorbic acid in the diet.",
+    "Sailors on long voyages developed bleeding gums until citrus fruit was added to rations, which cured them.",
+    "Cigarette smoke contains carcinogens.",
+    "Collagen synthesis requires ascorbate as a cofactor for prolyl hydroxylase, an enzyme of connective tissue.",
+    "Sleep deprivation impairs working memory.",
+]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    qwen = tmp_path_factory.mktemp("tiny-qwen2")
+    make_tiny_qwen2(qwen)
+    return {
+        "bi-encoder": MINILM_SOURCE,
+        "cross-encoder": str(make_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))),
+        "mxbai-v2": str(qwen),
+    }
+
+
+@pytest.mark.parametrize("backend", ["bi-encoder", "cross-encoder", "mxbai-v2"])
+def test_a_compiled_model_scores_as_the_uncompiled_one_and_compiles_only_at_load(
+    backend: str, sources: dict[str, str]
+) -> None:
+    # Small calls, so one search makes calls of one input and of several: the two graphs torch builds.
+    spec = ModelSpec(backend=backend, source=sources[backend], max_batch_tokens=96)
+    eager = load_scorer("eager", spec)
+    with ThreadPoolExecutor(1) as thread:  # loaded where the engine loads it: off the main thread
+        compiled = thread.submit(load_scorer, "compiled", spec.model_copy(update={"compile": True})).result()
+    assert compiled.forward is not compiled.model
+
+    with torch._dynamo.config.patch(error_on_recompile=True):  # every shape from here on reuses a warm-up graph
+        for query, docs in [(QUERY, DOCS), (QUERY, DOCS[:1]), ("scurvy", DOCS[2:])]:
+            assert compiled.score(query, docs) == pytest.approx(eager.score(query, docs), abs=1e-4)
+
+
+def test_a_model_that_fails_to_compile_serves_uncompiled(
+    sources: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_compiler(model: torch.nn.Module, **_: object) -> object:
+        def compiled(**inputs: torch.Tensor) -> object:
+            raise RuntimeError("no C++ compiler found")
+
+        return compiled
+
+    monkeypatch.setattr(loading.torch, "compile", no_compiler)
+    spec = ModelSpec(backend="cross-encoder", source=sources["cross-encoder"])
+    with caplog.at_level(logging.WARNING, logger="rerank.loading"):
+        scorer = load_scorer("ce", spec.model_copy(update={"compile": True}))
+
+    assert scorer.forward is scorer.model
+    assert "torch.compile failed, running uncompiled: RuntimeError: no C++ compiler found" in caplog.text
+    assert scorer.score(QUERY, DOCS) == load_scorer("ce", spec).score(QUERY, DOCS)
+
+
+def test_compile_is_rejected_on_the_remote_backend() -> None:
+    with pytest.raises(ValidationError, match="compile: only valid with a local backend"):
+        ModelSpec(backend="remote", source="http://rerank-gpu:7997", compile=True)
