@@ -143,8 +143,8 @@ def engine_counters(model: str) -> dict[str, float]:
 
 def pair_tokens(scorer: Any, query: str, docs: Sequence[str]) -> list[int]:
     cap = getattr(scorer, "max_length", None) or 10**9
-    q = scorer.count_tokens(query)
-    return [min(q + scorer.count_tokens(d) + PAIR_SPECIAL_TOKENS, cap) for d in docs]
+    q, *counts = scorer.count_tokens([query, *docs])
+    return [min(q + d + PAIR_SPECIAL_TOKENS, cap) for d in counts]
 
 
 def direct_fill(scorer: Any, searches: Sequence[Search], batch_size: int) -> tuple[float, float, int]:

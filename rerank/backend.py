@@ -22,8 +22,9 @@ class Scorer(Protocol):
         """One score per pair (queries[i], docs[i]), equal to what `score` gives that pair; the queries may differ."""
         ...
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model would see for this text (used for token-budgeted batching)."""
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model would see for each text (used for token-budgeted batching). Batched: a tokenizer
+        counts many texts in one call several times faster than one by one."""
         ...
 
 

@@ -44,9 +44,10 @@ class CrossEncoderScorer(TransformersScorer):
             raise ValueError(f"{len(queries)} queries for {len(docs)} documents")
         # Cut the document and keep the query, unless the query alone would eat most of the budget. One tokenizer
         # call takes one strategy, so pairs are grouped by it (nearly always a single group).
+        distinct = list(dict.fromkeys(queries))
         strategy = {
-            query: "only_second" if self.count_tokens(query) <= self.max_length // 2 else "longest_first"
-            for query in dict.fromkeys(queries)
+            query: "only_second" if tokens <= self.max_length // 2 else "longest_first"
+            for query, tokens in zip(distinct, self.count_tokens(distinct))
         }
         groups: dict[str, list[int]] = {}
         for i, query in enumerate(queries):

@@ -313,11 +313,10 @@ class _ModelWorker:
                     missing[key] = text
         if missing:
             assert self.scorer is not None
-            count = self.scorer.count_tokens
             try:
-                found = await loop.run_in_executor(
-                    self._thread, lambda: [count(text) for text in missing.values()]
-                )
+                found = await loop.run_in_executor(self._thread, self.scorer.count_tokens, list(missing.values()))
+                if len(found) != len(missing):
+                    raise RuntimeError(f"backend counted {len(found)} texts of {len(missing)}")
             except Exception as err:
                 metrics.MODEL_ERRORS.labels(self.name).inc()
                 for job in jobs:

@@ -141,9 +141,11 @@ class TransformersScorer:
         limits.append(getattr(self.model.config, "max_position_embeddings", None) or self.spec.max_length)
         return int(min(limits))
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` alone, before truncation and without special tokens (what budgets and chunking need)."""
-        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text alone, before truncation and without special tokens (what budgets need)."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
 
     def _forward(
         self, texts: list[str], pairs: list[str] | None = None, truncation: bool | str = True

@@ -156,10 +156,10 @@ class RemoteScorer:
         """Close the connections and stop the loop thread (also done when the scorer is garbage-collected)."""
         self._closer()
 
-    def count_tokens(self, text: str) -> int:
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """An approximation: whitespace-separated words. The service's tokenizer is not here; subword tokenizers
         produce somewhat more tokens than words, so budgets built on this should leave headroom."""
-        return len(text.split())
+        return [len(text.split()) for text in texts]
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
         if not docs:

@@ -418,6 +418,6 @@ def test_remote_source_must_be_a_base_url(source: str) -> None:
 def test_count_tokens_is_a_word_count() -> None:
     scorer = RemoteScorer(ModelSpec(backend="remote", source="http://127.0.0.1:9"))
     try:
-        assert scorer.count_tokens("  vitamin C\tdeficiency\n") == 3
+        assert scorer.count_tokens(["  vitamin C\tdeficiency\n", ""]) == [3, 0]
     finally:
         scorer.close()

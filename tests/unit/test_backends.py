@@ -128,8 +128,8 @@ def test_empty_document_list_scores_nothing(minilm: BiEncoderScorer, tiny_ce_dir
 
 
 def test_count_tokens_counts_text_without_special_tokens(minilm: BiEncoderScorer) -> None:
-    assert minilm.count_tokens("vitamin c") == 2
-    assert minilm.count_tokens(" ".join(["word"] * 1000)) == 1000  # not truncated
+    assert minilm.count_tokens(["vitamin c", " ".join(["word"] * 1000), ""]) == [2, 1000, 0]  # not truncated
+    assert minilm.count_tokens([]) == []
 
 
 @pytest.mark.parametrize(

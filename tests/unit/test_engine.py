@@ -39,9 +39,11 @@ class Overlap:
         self.gate = threading.Event()
         self.gate.set()
         self.fail_on: str | None = None  # a query whose batch raises
+        self.counted: list[list[str]] = []
 
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        self.counted.append(list(texts))
+        return [len(text.split()) for text in texts]
 
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
         self.calls.append(list(zip(queries, docs)))
@@ -75,8 +77,8 @@ class ScoreOnly:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[str]]] = []
 
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(text.split()) for text in texts]
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
         self.calls.append((query, list(docs)))
@@ -109,6 +111,19 @@ async def test_concurrent_searches_are_packed_into_one_backend_call() -> None:
     assert len(scorer.calls) == 1
     assert sorted(scorer.calls[0]) == sorted((q, d) for q, docs in searches.items() for d in docs)
     assert results == [[1.0, 1.0, 0.0], [2.0, 1.0]]
+    await engine.close()
+
+
+async def test_new_texts_are_counted_in_one_backend_call_and_known_ones_not_again() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, score_cache_entries=0)
+    scorer.counted.clear()
+    searches = {"apple pie": ["apple tart", "pie crust"], "cherry cake": ["cherry cake", "apple tart"]}
+    await asyncio.gather(*(engine.score(m, q, docs, 5) for q, docs in searches.items()))
+    await engine.score(m, "apple pie", ["pie crust", "new doc"], 5)
+    assert [sorted(call) for call in scorer.counted] == [
+        sorted(["apple pie", "apple tart", "pie crust", "cherry cake"]), ["new doc"]
+    ]
     await engine.close()
 
 
