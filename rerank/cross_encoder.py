@@ -6,13 +6,14 @@ the positive class (label 1) is the score.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Callable, Sequence
 
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rerank.loading import TransformersScorer, read_json
+from rerank.loading import TransformersScorer, read_json, token_lengths
 from rerank.spec import ModelSpec
 
 
@@ -35,6 +36,12 @@ class CrossEncoderScorer(TransformersScorer):
         super().__init__(spec, AutoModelForSequenceClassification, name)
         self.activation = activation(self.path, self.model.config)
         self.label = 0 if self.model.config.num_labels == 1 else 1
+        # The engine sends one search's pairs in several calls: its query is tokenized for this once, not per call.
+        self._truncation = functools.lru_cache(maxsize=4096)(self._truncation_for)
+
+    def _truncation_for(self, query: str) -> str:
+        """Cut the document and keep the query, unless the query alone would eat most of the budget."""
+        return "only_second" if token_lengths(self.tokenizer, [query])[0] <= self.max_length // 2 else "longest_first"
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
         return self.score_pairs([query] * len(docs), docs)
@@ -42,16 +49,10 @@ class CrossEncoderScorer(TransformersScorer):
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
         if len(queries) != len(docs):
             raise ValueError(f"{len(queries)} queries for {len(docs)} documents")
-        # Cut the document and keep the query, unless the query alone would eat most of the budget. One tokenizer
-        # call takes one strategy, so pairs are grouped by it (nearly always a single group).
-        distinct = list(dict.fromkeys(queries))
-        strategy = {
-            query: "only_second" if tokens <= self.max_length // 2 else "longest_first"
-            for query, tokens in zip(distinct, self.count_tokens(distinct))
-        }
+        # One tokenizer call takes one truncation strategy, so pairs are grouped by it (nearly always a single group).
         groups: dict[str, list[int]] = {}
         for i, query in enumerate(queries):
-            groups.setdefault(strategy[query], []).append(i)
+            groups.setdefault(self._truncation(query), []).append(i)
         scores = [0.0] * len(docs)
         with torch.inference_mode():
             for truncation, rows in groups.items():

@@ -1,12 +1,17 @@
 """The scoring engine: one queue and one worker task per model, shared by every search (the shape of
 text-embeddings-inference's queue).
 
-Callers send a job (query, documents, absolute deadline) and await it; only the worker task touches the queue and
-the model, which runs off the event loop in the worker's own thread. The worker repeats one round:
+Callers send a job (query, documents, absolute deadline) and await it. Two tasks serve a model's queue:
 
-1. Gather: wait for the first job, then for more, for at most `max_wait_ms` or until the queued pairs fill one
-   micro-batch (`max_batch_tokens`). Tokens per pair come from the backend's `count_tokens`, cached by text hash,
-   and run in the model thread: a tokenizer must not be used from two threads at once.
+- The counter admits sent jobs: it counts their tokens with the backend's `count_tokens` (cached by text hash) on a
+  tokenizer thread of its own, the jobs sent meanwhile in one call of up to `COUNT_CHUNK` texts, so the searches
+  that arrive while the model scores are counted meanwhile, not between its calls (TEI's routers tokenize before
+  the queue for the same reason).
+- The worker owns the admitted jobs and the model, which runs off the event loop in the worker's own thread. It
+  repeats one round:
+
+1. Gather: wait for the first admitted job, then for more, for at most `max_wait_ms` or until the queued pairs fill
+   one micro-batch (`max_batch_tokens`); jobs admitted while the model was busy have waited already and go at once.
 2. Take jobs earliest deadline first (with equal timeouts that is arrival order) up to `ROUND_BATCHES`
    micro-batches' worth of tokens, at least one job; the rest wait for the next round.
 3. Flatten to (query, document) pairs, one per distinct pair, sorted by length, and cut micro-batches so the padded
@@ -48,6 +53,8 @@ ROUND_BATCHES = 4  # a round takes about this many micro-batches of work: enough
 # that a search arriving meanwhile soon gets its turn (deadline order is decided per round)
 PAIR_SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]: the estimate only needs to be close
 TOKEN_COUNT_ENTRIES = 100_000  # texts whose token count is remembered
+COUNT_CHUNK = 256  # texts per count_tokens call (whole searches, at least one): in a burst of searches the first
+# ones reach the model while the next are counted
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -178,12 +185,14 @@ class _ModelWorker:
         self._inbox: list[_Job] = []  # sent by callers, tokens not counted yet
         self._pending: list[_Job] = []  # counted, waiting for a round
         self._jobs: set[_Job] = set()  # every job whose caller still waits: what max_queue bounds
-        self._arrived = asyncio.Event()
+        self._sent = asyncio.Event()  # the inbox got a job: the counter's wake-up
+        self._admitted = asyncio.Event()  # the pending pool got jobs: the worker's wake-up
         self._seq = itertools.count()
         self._scores: LRU[tuple[str | None, str, bytes], float] = LRU(self.settings.score_cache_entries)
         self._token_counts: LRU[bytes, int] = LRU(TOKEN_COUNT_ENTRIES)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
-        self._task: asyncio.Task[None] | None = None
+        self._tokens_thread = ThreadPoolExecutor(1, thread_name_prefix=f"tokens-{name}")
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def state(self) -> str:
@@ -207,7 +216,8 @@ class _ModelWorker:
             self.settings = replace(self.settings, max_batch_tokens=budget)
         self.scorer = scorer
         metrics.MODEL_UP.labels(self.name).set(1)
-        self._task = asyncio.create_task(self._run(), name=f"engine-{self.name}")
+        self._tasks = [asyncio.create_task(self._run(), name=f"engine-{self.name}"),
+                       asyncio.create_task(self._count_loop(), name=f"engine-{self.name}-counter")]
 
     # ---- the caller's side ----------------------------------------------------------------------------------
     async def score(self, query: str, docs: Sequence[str], timeout_s: float) -> list[float | None]:
@@ -235,7 +245,7 @@ class _ModelWorker:
         job.future.add_done_callback(lambda _: self._forget(job))
         metrics.QUEUE_DEPTH.labels(self.name).set(len(self._jobs))
         self._inbox.append(job)
-        self._arrived.set()
+        self._sent.set()
         try:
             await asyncio.wait([job.future], timeout=max(0.0, job.deadline - loop.time()))
         finally:
@@ -269,39 +279,56 @@ class _ModelWorker:
                 self._inbox.clear()
 
     async def _gather(self) -> None:
-        """Wait for the first job, then for more until a micro-batch's worth of tokens waits or `max_wait` passes.
-        Work left from the last round is never held back waiting."""
+        """Wait for the first admitted job, then for more until a micro-batch's worth of tokens waits or `max_wait`
+        passes. Jobs admitted while the model was busy (or left from the last round) are never held back."""
+        if self._pending:
+            return
         loop = asyncio.get_running_loop()
-        backlog = bool(self._pending)
-        while not self._inbox and not self._pending:
-            self._arrived.clear()
-            await self._arrived.wait()
+        while not self._pending:
+            self._admitted.clear()
+            await self._admitted.wait()
         window_ends = loop.time() + self.settings.max_wait_s
         while True:
-            await self._admit()
             queued = sum(sum(job.tokens) for job in self._pending if not job.future.done())
             remaining = window_ends - loop.time()
-            if backlog or queued >= self.settings.max_batch_tokens or remaining <= 0:
+            if queued >= self.settings.max_batch_tokens or remaining <= 0:
                 return
-            if not self._inbox:
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    return
+            self._admitted.clear()
+            try:
+                await asyncio.wait_for(self._admitted.wait(), remaining)
+            except TimeoutError:
+                return
 
-    async def _admit(self) -> None:
-        """Count the tokens of newly sent jobs (in the model thread) and move them to the pending pool."""
+    # ---- the counter's side ---------------------------------------------------------------------------------
+    async def _count_loop(self) -> None:
+        while True:
+            while not self._inbox:
+                self._sent.clear()
+                await self._sent.wait()
+            taken = texts = 0
+            for job in self._inbox:
+                if taken and texts + len(job.todo) + 1 > COUNT_CHUNK:
+                    break
+                taken, texts = taken + 1, texts + len(job.todo) + 1
+            sent, self._inbox = self._inbox[:taken], self._inbox[taken:]
+            try:
+                await self._admit(sent)
+            except Exception as err:  # the backend could not count: these searches fall back, later ones still try
+                metrics.MODEL_ERRORS.labels(self.name).inc()
+                log.warning("model %s: counting tokens failed: %s: %s", self.name, type(err).__name__, err)
+                for job in sent:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+
+    async def _admit(self, sent: list[_Job]) -> None:
+        """Count the tokens of these jobs' new texts in one backend call, and pass the jobs to the worker."""
         loop = asyncio.get_running_loop()
-        sent, self._inbox = self._inbox, []
         jobs = []
         for job in sent:
             if (reason := job.dead(loop.time())) is None:
                 jobs.append(job)
             else:
                 metrics.DROPPED.labels(self.name, reason).inc(len(job.todo))
-        if not jobs:
-            return
         counts: dict[bytes, int] = {}
         missing: dict[bytes, str] = {}
         for job in jobs:
@@ -313,16 +340,9 @@ class _ModelWorker:
                     missing[key] = text
         if missing:
             assert self.scorer is not None
-            try:
-                found = await loop.run_in_executor(self._thread, self.scorer.count_tokens, list(missing.values()))
-                if len(found) != len(missing):
-                    raise RuntimeError(f"backend counted {len(found)} texts of {len(missing)}")
-            except Exception as err:
-                metrics.MODEL_ERRORS.labels(self.name).inc()
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-                return
+            found = await loop.run_in_executor(self._tokens_thread, self.scorer.count_tokens, list(missing.values()))
+            if len(found) != len(missing):
+                raise RuntimeError(f"backend counted {len(found)} texts of {len(missing)}")
             for key, n in zip(missing, found):
                 counts[key] = n
                 self._token_counts.put(key, n)
@@ -334,7 +354,10 @@ class _ModelWorker:
                 job.tokens = [min(n, cap) for n in job.tokens]
             job.left = len(job.todo)
             self._pending.append(job)
+        if jobs:
+            self._admitted.set()
 
+    # ---- the worker's side, continued -------------------------------------------------------------------------
     def _take_round(self) -> list[_Job]:
         """The jobs of the next round: earliest deadline first, about ROUND_BATCHES micro-batches of tokens."""
         now = asyncio.get_running_loop().time()
@@ -433,9 +456,9 @@ class _ModelWorker:
         if self._closed:
             return
         self._closed = True
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         gone = ModelUnavailable(f"model {self.name} was unloaded")
         for job in list(self._jobs):
             if not job.future.done():
@@ -444,6 +467,7 @@ class _ModelWorker:
         if callable(closer):  # e.g. the remote backend's connections; runs after any model call still going
             self._thread.submit(closer)
         self._thread.shutdown(wait=False)
+        self._tokens_thread.shutdown(wait=False)
 
 
 class ScoringEngine:

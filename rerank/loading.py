@@ -5,6 +5,7 @@ part lives here (`TransformersScorer`) so each backend only says how it turns mo
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
@@ -72,6 +73,13 @@ def pick_device(device: str) -> torch.device:
         raise ModelLoadError(f"device {device!r}: {exc}") from exc
 
 
+def token_lengths(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text alone, before truncation and without special tokens, in one tokenizer call."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
+
+
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE read at call time: huggingface_hub reads it once at import, which may predate the setting."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
@@ -108,6 +116,9 @@ class TransformersScorer:
         except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/...: one error type for callers
             where = "" if self.path == spec.source else f" (resolved to {self.path})"
             raise ModelLoadError(f"cannot load model {spec.source!r}{where}: {type(exc).__name__}: {exc}") from exc
+        # count_tokens runs on the engine's tokenizer thread while the model thread scores, and one tokenizer must
+        # not serve two threads at once: counting gets a copy of its own.
+        self._counting_tokenizer = copy.deepcopy(self.tokenizer)
         self.max_length = self._max_length()
         self.max_batch_tokens = spec.batch_tokens(self.device.type)
         # What the backends call. Compiled lazily by torch, on first use of each shape it tells apart: `warm_up`.
@@ -143,9 +154,7 @@ class TransformersScorer:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text alone, before truncation and without special tokens (what budgets need)."""
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
+        return token_lengths(self._counting_tokenizer, texts)
 
     def _forward(
         self, texts: list[str], pairs: list[str] | None = None, truncation: bool | str = True

@@ -15,6 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing m
 import pytest
 from prometheus_client import REGISTRY
 
+from rerank import engine as engine_module
 from rerank.backend import ModelLoadError
 from rerank.engine import ROUND_BATCHES, ModelUnavailable, Overloaded, ScoringEngine
 from rerank.spec import ModelSpec
@@ -40,9 +41,11 @@ class Overlap:
         self.gate.set()
         self.fail_on: str | None = None  # a query whose batch raises
         self.counted: list[list[str]] = []
+        self.counting = threading.Event()  # set by every count_tokens call
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         self.counted.append(list(texts))
+        self.counting.set()
         return [len(text.split()) for text in texts]
 
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
@@ -114,16 +117,40 @@ async def test_concurrent_searches_are_packed_into_one_backend_call() -> None:
     await engine.close()
 
 
-async def test_new_texts_are_counted_in_one_backend_call_and_known_ones_not_again() -> None:
+async def test_a_search_counts_its_new_texts_in_one_backend_call_and_known_ones_not_again() -> None:
     scorer = Overlap()
     engine, m = await started(scorer, score_cache_entries=0)
     scorer.counted.clear()
-    searches = {"apple pie": ["apple tart", "pie crust"], "cherry cake": ["cherry cake", "apple tart"]}
-    await asyncio.gather(*(engine.score(m, q, docs, 5) for q, docs in searches.items()))
+    await engine.score(m, "apple pie", ["apple tart", "pie crust"], 5)
     await engine.score(m, "apple pie", ["pie crust", "new doc"], 5)
-    assert [sorted(call) for call in scorer.counted] == [
-        sorted(["apple pie", "apple tart", "pie crust", "cherry cake"]), ["new doc"]
-    ]
+    assert scorer.counted == [["apple pie", "apple tart", "pie crust"], ["new doc"]]
+    await engine.close()
+
+
+async def test_a_burst_is_counted_in_chunks_of_whole_searches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "COUNT_CHUNK", 4)
+    scorer = Overlap()
+    engine, m = await started(scorer, score_cache_entries=0)
+    scorer.counted.clear()
+    searches = [("a", ["a1", "a2"]), ("b", ["b1", "b2", "b3", "b4"]), ("c", ["c1"])]
+    await asyncio.gather(*(engine.score(m, q, docs, 5) for q, docs in searches))
+    assert scorer.counted == [["a", "a1", "a2"], ["b", "b1", "b2", "b3", "b4"], ["c", "c1"]]  # b alone: over 4
+    await engine.close()
+
+
+async def test_searches_are_counted_while_the_model_scores_others() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer)
+    scorer.hold()
+    first = asyncio.create_task(engine.score(m, "first", ["first doc"], 10))
+    await scorer.busy()
+    scorer.counted.clear()
+    scorer.counting.clear()
+    second = asyncio.create_task(engine.score(m, "second", ["second doc"], 10))
+    assert await asyncio.to_thread(scorer.counting.wait, 10), "never counted"
+    assert scorer.counted == [["second", "second doc"]] and not scorer.gate.is_set()  # the model is still held
+    scorer.release()
+    assert (await first, await second) == ([1.0], [1.0])
     await engine.close()
 
 
@@ -311,6 +338,24 @@ async def test_model_error_fails_that_batch_and_the_engine_keeps_serving() -> No
     scorer.fail_on = "boom"
     with pytest.raises(RuntimeError, match="blew up"):
         await engine.score(m, "boom", ["boom"], 5)
+    assert await engine.score(m, "fine", ["fine"], 5) == [1.0]
+    assert metric("rerank_model_errors_total", model=m) == 1
+    await engine.close()
+
+
+async def test_a_backend_that_cannot_count_fails_those_searches_and_the_engine_keeps_serving() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer)
+    count = scorer.count_tokens
+
+    def broken(texts: Sequence[str]) -> list[int]:
+        if "boom" in texts:
+            raise RuntimeError("tokenizer blew up")
+        return count(texts)
+
+    scorer.count_tokens = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="tokenizer blew up"):
+        await engine.score(m, "boom", ["doc"], 5)
     assert await engine.score(m, "fine", ["fine"], 5) == [1.0]
     assert metric("rerank_model_errors_total", model=m) == 1
     await engine.close()
