@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -97,7 +98,7 @@ def read_json(path_or_id: str, filename: str) -> dict[str, Any] | None:
     return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
 
 
-class TransformersScorer:
+class TransformersScorer(ABC):
     """Tokenizer + model loaded once from a spec; subclasses implement `score` on top of `_forward`."""
 
     def __init__(self, spec: ModelSpec, model_cls: Any, name: str | None = None) -> None:
@@ -142,9 +143,9 @@ class TransformersScorer:
                         type(exc).__name__, exc)
             self.forward = self.model
 
+    @abstractmethod
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
-        """Each backend's own (see rerank.backend.Scorer)."""
-        raise NotImplementedError
+        """Each backend's own (see rerank.backend.Scorer); `warm_up` scores through it."""
 
     def _max_length(self) -> int:
         # Never feed more than the tokenizer or the position embeddings allow, whatever the config asks for.
