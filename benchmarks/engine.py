@@ -18,8 +18,9 @@ Each search is a SciFact query (queries.jsonl, file order) with documents of its
 order, sliced so no two engine searches share a document), text = title + text cut to `--doc-tokens` pieces as the
 proxy cuts it (`build_document_text`). The engine's score cache is off (`score_cache_entries: 0`) and so is the
 bi-encoder's embedding cache, so every pair reaches the model. Fill = real tokens / padded tokens (longest pair x
-pairs, per model call), from the engine's own estimate (count_tokens + 3 per pair); the direct rows show the same
-estimate for the backend's own calls, which are length-sorted and cut by the same `max_batch_tokens`.
+pairs, per model call), by the sizes the engine cuts by (the exact lengths of the backend's encoded pairs; for the
+bi-encoder that is the document's); the direct rows show the same for the backend's own calls, which are
+length-sorted and cut by the same `max_batch_tokens`.
 The output ends with a markdown table.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from prometheus_client import REGISTRY  # noqa: E402
 
+from rerank.backend import PairEncoder  # noqa: E402
 from rerank.batching import token_batches  # noqa: E402
 from rerank.engine import PAIR_SPECIAL_TOKENS, ScoringEngine  # noqa: E402
 from rerank.registry import load_scorer  # noqa: E402
@@ -142,6 +144,9 @@ def engine_counters(model: str) -> dict[str, float]:
 
 
 def pair_tokens(scorer: Any, query: str, docs: Sequence[str]) -> list[int]:
+    """The sizes the engine cuts these pairs by: a local backend's encodings, else the count estimate."""
+    if isinstance(scorer, PairEncoder):
+        return [pair.tokens for pair in scorer.encode_pairs([query] * len(docs), docs)]
     cap = getattr(scorer, "max_length", None) or 10**9
     q, *counts = scorer.count_tokens([query, *docs])
     return [min(q + d + PAIR_SPECIAL_TOKENS, cap) for d in counts]

@@ -5,10 +5,14 @@ may block (it runs a model); the engine calls it off the event loop and never co
 `count_tokens`, which may run beside a scoring call (see its docstring).
 `score_pairs` lets the engine pack pairs of several searches into one model call; a backend without it is still
 served: the engine groups each micro-batch's pairs by query and calls `score` per group.
+
+A backend that tokenizes (the local ones) is also a `PairEncoder`: the engine then tokenizes each pair once, ahead
+of the model, and cuts micro-batches by the exact lengths, as text-embeddings-inference's router does.
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+import hashlib
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 
 @runtime_checkable
@@ -30,5 +34,34 @@ class Scorer(Protocol):
         ...
 
 
+class Encoding(Protocol):
+    """One (query, document) pair as a backend's model will read it; opaque to the engine except its size."""
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the model runs for this pair: what micro-batch budgets count."""
+        ...
+
+
+@runtime_checkable
+class PairEncoder(Protocol):
+    """Tokenizing apart from scoring. The engine encodes each search's pairs once on its tokenizer thread while the
+    model scores others, packs micro-batches by `Encoding.tokens`, and scores them with `score_encoded` on the
+    model thread; `score_pairs(q, d)` is `score_encoded(encode_pairs(q, d))`."""
+
+    def encode_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> Sequence[Encoding]:
+        """One encoding per pair (queries[i], docs[i]). May run beside a scoring call, never twice at once."""
+        ...
+
+    def score_encoded(self, pairs: Sequence[Any]) -> list[float]:
+        """One score per encoding (as `encode_pairs` made them), in order."""
+        ...
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the proxy keeps serving and falls back to the cluster's order."""
+
+
+def text_key(text: str) -> bytes:
+    """What caches key a text by: a 16-byte hash, so a long document is not held twice."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()

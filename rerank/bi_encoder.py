@@ -1,16 +1,16 @@
 """Embedding models (sentence-transformers folders or plain encoders): score = cosine(query, document)."""
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from rerank.backend import ModelLoadError
-from rerank.loading import TransformersScorer, read_json
+from rerank.backend import ModelLoadError, text_key
+from rerank.loading import Tokenized, TransformersScorer, read_json, tokenize
 from rerank.spec import ModelSpec
 
 POOLING_MODES = ("mean", "cls", "lasttoken")
@@ -48,7 +48,27 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), first if mode == "cls" else last]
 
 
-class BiEncoderScorer(TransformersScorer):
+@dataclass(frozen=True, slots=True)
+class EmbeddingInput:
+    """One text for the bi-encoder: tokenized, unless its embedding was cached when it was encoded."""
+
+    key: bytes
+    text: str
+    tokenized: Tokenized | None  # None: embedded already
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingPair:
+    query: EmbeddingInput
+    doc: EmbeddingInput
+
+    @property
+    def tokens(self) -> int:
+        """The document's tokens: a search's query is embedded once for all its pairs, a cached document not at all."""
+        return self.doc.tokenized.tokens if self.doc.tokenized is not None else 0
+
+
+class BiEncoderScorer(TransformersScorer[EmbeddingPair]):
     def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
         super().__init__(spec, AutoModel, name)
         try:
@@ -58,42 +78,48 @@ class BiEncoderScorer(TransformersScorer):
         # The length the embedding model was trained for (sentence-transformers truncates there too).
         trained = (read_json(self.path, "sentence_bert_config.json") or {}).get("max_seq_length")
         self.max_length = min(self.max_length, trained or self.max_length)
+        # A text's embedding does not depend on what it is paired with: each text, query or document, is embedded once
+        # and kept in an LRU. Written by the scoring thread only; `_encode` (maybe on the engine's tokenizer thread)
+        # only asks what it holds.
         self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
 
-    def _embed(self, texts: list[str]) -> list[torch.Tensor]:
-        """One embedding per text, in order; always L2-normalised, Normalize module or not: we score by cosine."""
-        vectors: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-        for rows, output, mask in self._forward(texts):
+    def _encode(self, tokenizer: Any, queries: Sequence[str], docs: Sequence[str]) -> list[EmbeddingPair]:
+        texts = {text_key(text): text for text in dict.fromkeys([*queries, *docs])}
+        new = {key: text for key, text in texts.items() if key not in self._cache}
+        tokenized = dict(zip(new, tokenize(tokenizer, list(new.values()), max_length=self.max_length)))
+        inputs = {text: EmbeddingInput(key, text, tokenized.get(key)) for key, text in texts.items()}
+        return [EmbeddingPair(inputs[query], inputs[doc]) for query, doc in zip(queries, docs)]
+
+    def score_encoded(self, pairs: Sequence[EmbeddingPair]) -> list[float]:
+        """Cosine of each pair's embeddings; each distinct text embedded once, unless the cache has it."""
+        if not pairs:
+            return []
+        with torch.inference_mode():
+            vectors = self._vectors([text for pair in pairs for text in (pair.query, pair.doc)])
+            query_vecs = torch.stack([vectors[pair.query.key] for pair in pairs])
+            doc_vecs = torch.stack([vectors[pair.doc.key] for pair in pairs])
+            return (doc_vecs * query_vecs).sum(-1).tolist()
+
+    def _vectors(self, inputs: Sequence[EmbeddingInput]) -> dict[bytes, torch.Tensor]:
+        found = {text.key: self._cache[text.key] for text in inputs if text.key in self._cache}
+        new: dict[bytes, Tokenized] = {}
+        for text in inputs:
+            if text.key not in found and text.key not in new:
+                # Cached when encoded, evicted since: tokenized now, on the scoring thread's own tokenizer.
+                new[text.key] = text.tokenized or tokenize(self.tokenizer, [text.text], max_length=self.max_length)[0]
+        found.update(zip(new, self._embed(list(new.values()))))
+        for key in dict.fromkeys(text.key for text in inputs):  # least recently used goes first
+            self._cache[key] = found[key]
+            self._cache.move_to_end(key)
+        while len(self._cache) > self.spec.cache_entries:
+            self._cache.popitem(last=False)
+        return found
+
+    def _embed(self, inputs: Sequence[Tokenized]) -> list[torch.Tensor]:
+        """One embedding per input, in order; always L2-normalised, Normalize module or not: we score by cosine."""
+        vectors: list[torch.Tensor] = [torch.empty(0)] * len(inputs)
+        for rows, output, mask in self._forward(inputs):
             pooled = F.normalize(pool(output.last_hidden_state.float(), mask, self.pooling), dim=-1)
             for i, vector in zip(rows, pooled):
                 vectors[i] = vector
         return vectors
-
-    def score(self, query: str, docs: Sequence[str]) -> list[float]:
-        return self.score_pairs([query] * len(docs), docs)
-
-    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
-        """Each distinct query is embedded once, each document once (and kept in the cache), then paired up."""
-        if len(queries) != len(docs):
-            raise ValueError(f"{len(queries)} queries for {len(docs)} documents")
-        if not docs:
-            return []
-        distinct = {query: row for row, query in enumerate(dict.fromkeys(queries))}
-        with torch.inference_mode():
-            query_vecs = torch.stack(self._embed(list(distinct)))
-            doc_vecs = torch.stack(self._document_vectors(docs))
-            rows = torch.tensor([distinct[query] for query in queries], device=query_vecs.device)
-            return (doc_vecs * query_vecs[rows]).sum(-1).tolist()
-
-    def _document_vectors(self, docs: Sequence[str]) -> list[torch.Tensor]:
-        """Document embeddings do not depend on the query: each text is embedded once and kept in an LRU."""
-        keys = [hashlib.blake2b(d.encode("utf-8", "surrogatepass"), digest_size=16).digest() for d in docs]
-        found = {k: self._cache[k] for k in keys if k in self._cache}
-        new = {k: d for k, d in zip(keys, docs) if k not in found}
-        found.update(zip(new, self._embed(list(new.values()))))
-        for k in keys:
-            self._cache[k] = found[k]
-            self._cache.move_to_end(k)
-        while len(self._cache) > self.spec.cache_entries:
-            self._cache.popitem(last=False)
-        return [found[k] for k in keys]

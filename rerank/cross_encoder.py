@@ -6,14 +6,13 @@ the positive class (label 1) is the score.
 """
 from __future__ import annotations
 
-import functools
 import importlib
 from typing import Any, Callable, Sequence
 
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rerank.loading import TransformersScorer, read_json, token_lengths
+from rerank.loading import Tokenized, TransformersScorer, read_json, token_lengths, tokenize
 from rerank.spec import ModelSpec
 
 
@@ -31,35 +30,35 @@ def activation(path: str, config: Any) -> Callable[[torch.Tensor], torch.Tensor]
     return torch.sigmoid if config.num_labels == 1 else torch.nn.Identity()
 
 
-class CrossEncoderScorer(TransformersScorer):
+class CrossEncoderScorer(TransformersScorer[Tokenized]):
     def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
         super().__init__(spec, AutoModelForSequenceClassification, name)
         self.activation = activation(self.path, self.model.config)
         self.label = 0 if self.model.config.num_labels == 1 else 1
-        # The engine sends one search's pairs in several calls: its query is tokenized for this once, not per call.
-        self._truncation = functools.lru_cache(maxsize=4096)(self._truncation_for)
 
-    def _truncation_for(self, query: str) -> str:
-        """Cut the document and keep the query, unless the query alone would eat most of the budget."""
-        return "only_second" if token_lengths(self.tokenizer, [query])[0] <= self.max_length // 2 else "longest_first"
-
-    def score(self, query: str, docs: Sequence[str]) -> list[float]:
-        return self.score_pairs([query] * len(docs), docs)
-
-    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
-        if len(queries) != len(docs):
-            raise ValueError(f"{len(queries)} queries for {len(docs)} documents")
-        # One tokenizer call takes one truncation strategy, so pairs are grouped by it (nearly always a single group).
+    def _encode(self, tokenizer: Any, queries: Sequence[str], docs: Sequence[str]) -> list[Tokenized]:
+        # Cut the document and keep the query, unless the query alone would eat most of the budget. One tokenizer
+        # call takes one truncation strategy, so pairs are grouped by it (nearly always a single group).
+        distinct = list(dict.fromkeys(queries))
+        lengths = token_lengths(tokenizer, distinct)
+        keeps_query = {query: n <= self.max_length // 2 for query, n in zip(distinct, lengths)}
         groups: dict[str, list[int]] = {}
         for i, query in enumerate(queries):
-            groups.setdefault(self._truncation(query), []).append(i)
-        scores = [0.0] * len(docs)
+            groups.setdefault("only_second" if keeps_query[query] else "longest_first", []).append(i)
+        encoded: list[Tokenized] = [Tokenized({})] * len(docs)
+        for truncation, rows in groups.items():
+            found = tokenize(tokenizer, [queries[i] for i in rows], [docs[i] for i in rows],
+                             max_length=self.max_length, truncation=truncation)
+            for i, pair in zip(rows, found):
+                encoded[i] = pair
+        return encoded
+
+    def score_encoded(self, pairs: Sequence[Tokenized]) -> list[float]:
+        scores = [0.0] * len(pairs)
         with torch.inference_mode():
-            for truncation, rows in groups.items():
-                calls = self._forward([queries[i] for i in rows], [docs[i] for i in rows], truncation)
-                for positions, output, _ in calls:
-                    # float64 so sigmoid-squashed scores of very relevant documents do not tie at 1.0
-                    values = self.activation(output.logits.double())[:, self.label].tolist()
-                    for position, value in zip(positions, values):
-                        scores[rows[position]] = value
+            for positions, output, _ in self._forward(pairs):
+                # float64 so sigmoid-squashed scores of very relevant documents do not tie at 1.0
+                values = self.activation(output.logits.double())[:, self.label].tolist()
+                for position, value in zip(positions, values):
+                    scores[position] = value
         return scores

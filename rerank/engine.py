@@ -3,10 +3,12 @@ text-embeddings-inference's queue).
 
 Callers send a job (query, documents, absolute deadline) and await it. Two tasks serve a model's queue:
 
-- The counter admits sent jobs: it counts their tokens with the backend's `count_tokens` (cached by text hash) on a
-  tokenizer thread of its own, the jobs sent meanwhile in one call of up to `COUNT_CHUNK` texts, so the searches
-  that arrive while the model scores are counted meanwhile, not between its calls (TEI's routers tokenize before
-  the queue for the same reason).
+- The counter admits sent jobs: on a tokenizer thread of its own it tokenizes their pairs once, as the model will
+  read them (`PairEncoder.encode_pairs`, the local backends), so micro-batches are cut by exact lengths and the
+  model thread only pads and runs; a backend that does not tokenize (remote) gets its texts counted with
+  `count_tokens` (cached by text hash) instead. The jobs sent meanwhile go in one call of up to `COUNT_CHUNK`
+  texts, so the searches that arrive while the model scores are tokenized meanwhile, not between its calls
+  (TEI's router tokenizes before its queue for the same reason).
 - The worker owns the admitted jobs and the model, which runs off the event loop in the worker's own thread. It
   repeats one round:
 
@@ -30,7 +32,6 @@ with `max_batch_tokens` unset, a local backend's device decides it (`ModelSpec.b
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import time
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 from . import metrics
-from .backend import Scorer
+from .backend import Encoding, PairEncoder, Scorer, text_key
 from .batching import fits
 from .registry import load_scorer
 from .spec import ACCELERATOR_BATCH_TOKENS, ModelSpec
@@ -53,8 +54,8 @@ ROUND_BATCHES = 4  # a round takes about this many micro-batches of work: enough
 # that a search arriving meanwhile soon gets its turn (deadline order is decided per round)
 PAIR_SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]: the estimate only needs to be close
 TOKEN_COUNT_ENTRIES = 100_000  # texts whose token count is remembered
-COUNT_CHUNK = 256  # texts per count_tokens call (whole searches, at least one): in a burst of searches the first
-# ones reach the model while the next are counted
+COUNT_CHUNK = 256  # texts per encode_pairs / count_tokens call (whole searches, at least one): in a burst of
+# searches the first ones reach the model while the next are tokenized
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -113,10 +114,6 @@ class LRU(Generic[K, V]):
             self._items.popitem(last=False)
 
 
-def text_key(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
 def score_pairs(scorer: Scorer, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
     """Scores of (queries[i], docs[i]) through the backend's `score_pairs`, or, for a backend that only has
     `score(query, docs)`, one `score` call per distinct query with the scores put back in pair order."""
@@ -151,6 +148,7 @@ class _Job:
     seq: int
     enqueued: float  # event-loop clock
     tokens: list[int] = field(default_factory=list)  # per todo pair, known once admitted
+    encodings: Sequence[Encoding | None] = ()  # per todo pair, once admitted, when the backend is a PairEncoder
     left: int = 0  # todo pairs not scored yet
 
     def dead(self, now: float) -> str | None:
@@ -170,6 +168,7 @@ class _Pair:
     doc: str
     key: tuple[str | None, str, bytes]  # score cache key
     tokens: int
+    encoding: Encoding | None  # what the model reads, for a PairEncoder backend
     targets: list[tuple[_Job, int]]
 
 
@@ -180,6 +179,7 @@ class _ModelWorker:
         self.settings = BatchSettings.of(spec, max_queue)
         self.instruction: str | None = getattr(spec, "instruction", None)
         self.scorer: Scorer | None = None
+        self.encoder: PairEncoder | None = None  # the scorer, when it tokenizes ahead (the local backends)
         self.error: str | None = None
         self._closed = False
         self._inbox: list[_Job] = []  # sent by callers, tokens not counted yet
@@ -215,6 +215,7 @@ class _ModelWorker:
         if isinstance(budget, int):
             self.settings = replace(self.settings, max_batch_tokens=budget)
         self.scorer = scorer
+        self.encoder = scorer if isinstance(scorer, PairEncoder) else None
         metrics.MODEL_UP.labels(self.name).set(1)
         self._tasks = [asyncio.create_task(self._run(), name=f"engine-{self.name}"),
                        asyncio.create_task(self._count_loop(), name=f"engine-{self.name}-counter")]
@@ -321,14 +322,41 @@ class _ModelWorker:
                         job.future.set_exception(err)
 
     async def _admit(self, sent: list[_Job]) -> None:
-        """Count the tokens of these jobs' new texts in one backend call, and pass the jobs to the worker."""
-        loop = asyncio.get_running_loop()
+        """Tokenize these jobs' pairs (or count their new texts) in one backend call, and pass the jobs to the
+        worker."""
+        now = asyncio.get_running_loop().time()
         jobs = []
         for job in sent:
-            if (reason := job.dead(loop.time())) is None:
+            if (reason := job.dead(now)) is None:
                 jobs.append(job)
             else:
                 metrics.DROPPED.labels(self.name, reason).inc(len(job.todo))
+        if not jobs:
+            return
+        if self.encoder is not None:
+            await self._encode(self.encoder, jobs)
+        else:
+            await self._count(jobs)
+        for job in jobs:
+            job.left = len(job.todo)
+            self._pending.append(job)
+        self._admitted.set()
+
+    async def _encode(self, encoder: PairEncoder, jobs: list[_Job]) -> None:
+        queries = [job.query for job in jobs for _ in job.todo]
+        docs = [doc for job in jobs for _, doc, _ in job.todo]
+        loop = asyncio.get_running_loop()
+        encodings = await loop.run_in_executor(self._tokens_thread, encoder.encode_pairs, queries, docs)
+        if len(encodings) != len(docs):
+            raise RuntimeError(f"backend encoded {len(encodings)} pairs of {len(docs)}")
+        start = 0
+        for job in jobs:
+            job.encodings = encodings[start : start + len(job.todo)]
+            job.tokens = [encoding.tokens for encoding in job.encodings]
+            start += len(job.todo)
+
+    async def _count(self, jobs: list[_Job]) -> None:
+        """Pair sizes estimated from each text's token count, for a backend that does not tokenize ahead."""
         counts: dict[bytes, int] = {}
         missing: dict[bytes, str] = {}
         for job in jobs:
@@ -340,6 +368,7 @@ class _ModelWorker:
                     missing[key] = text
         if missing:
             assert self.scorer is not None
+            loop = asyncio.get_running_loop()
             found = await loop.run_in_executor(self._tokens_thread, self.scorer.count_tokens, list(missing.values()))
             if len(found) != len(missing):
                 raise RuntimeError(f"backend counted {len(found)} texts of {len(missing)}")
@@ -352,10 +381,7 @@ class _ModelWorker:
             job.tokens = [query_tokens + counts[k] for _, _, k in job.todo]
             if isinstance(cap, int):
                 job.tokens = [min(n, cap) for n in job.tokens]
-            job.left = len(job.todo)
-            self._pending.append(job)
-        if jobs:
-            self._admitted.set()
+            job.encodings = [None] * len(job.todo)
 
     # ---- the worker's side, continued -------------------------------------------------------------------------
     def _take_round(self) -> list[_Job]:
@@ -385,14 +411,14 @@ class _ModelWorker:
             metrics.QUEUE_WAIT.labels(self.name).observe(now - job.enqueued)
         pairs: dict[tuple[str | None, str, bytes], _Pair] = {}
         for job in jobs:
-            for (i, doc, doc_key), tokens in zip(job.todo, job.tokens):
+            for (i, doc, doc_key), tokens, encoding in zip(job.todo, job.tokens, job.encodings):
                 key = (self.instruction, job.query, doc_key)
                 cached = self._scores.get(key)  # scored since the job was sent (the same page, asked twice)
                 if cached is not None:
                     self._deliver(job, i, cached)
                     continue
                 if (pair := pairs.get(key)) is None:
-                    pairs[key] = pair = _Pair(job.query, doc, key, tokens, [])
+                    pairs[key] = pair = _Pair(job.query, doc, key, tokens, encoding, [])
                 pair.targets.append((job, i))
         queue = deque(sorted(pairs.values(), key=lambda pair: pair.tokens))
         while batch := self._next_batch(queue):
@@ -416,12 +442,10 @@ class _ModelWorker:
         return batch
 
     async def _run_batch(self, batch: list[_Pair]) -> None:
-        assert self.scorer is not None
         loop = asyncio.get_running_loop()
-        queries, docs = [pair.query for pair in batch], [pair.doc for pair in batch]
         started = time.perf_counter()
         try:
-            scores = await loop.run_in_executor(self._thread, score_pairs, self.scorer, queries, docs)
+            scores = await loop.run_in_executor(self._thread, self._score_batch, batch)
         except Exception as err:  # fails the searches in this batch only; they fall back to the cluster's order
             metrics.MODEL_ERRORS.labels(self.name).inc()
             log.warning("model %s: a batch of %d pairs failed: %s: %s", self.name, len(batch), type(err).__name__, err)
@@ -442,6 +466,16 @@ class _ModelWorker:
             self._scores.put(pair.key, value)  # also when its searches gave up meanwhile: the next page needs it
             for job, i in pair.targets:
                 self._deliver(job, i, value)
+
+    def _score_batch(self, batch: list[_Pair]) -> list[float]:
+        """On the model thread: the encodings when the backend made them, else the texts."""
+        assert self.scorer is not None
+        if self.encoder is not None:
+            scores = self.encoder.score_encoded([pair.encoding for pair in batch])
+            if len(scores) != len(batch):
+                raise RuntimeError(f"backend returned {len(scores)} scores for {len(batch)} pairs")
+            return [float(value) for value in scores]
+        return score_pairs(self.scorer, [pair.query for pair in batch], [pair.doc for pair in batch])
 
     @staticmethod
     def _deliver(job: _Job, i: int, value: float) -> None:

@@ -1,7 +1,8 @@
 """Shared loading for the local transformers backends: where the weights are, which device, which dtype.
 
-Both the bi-encoder and the cross-encoder load a tokenizer plus a model the same way and batch the same way; that
-part lives here (`TransformersScorer`) so each backend only says how it turns model outputs into scores.
+The local backends load a tokenizer plus a model the same way, tokenize ahead of scoring the same way and batch the
+same way; that part lives here (`TransformersScorer`), so each backend only says how it encodes a pair and how it
+turns model outputs into scores.
 """
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Generic, Iterator, Sequence, TypeVar
 
 import torch
 from transformers import AutoTokenizer
 from transformers.utils import cached_file
 
-from rerank.backend import ModelLoadError
+from rerank.backend import Encoding, ModelLoadError
 from rerank.batching import token_batches
 from rerank.spec import ModelSpec
 
@@ -28,6 +30,8 @@ _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 _TRUTHY = {"1", "true", "yes", "on"}
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Encoding)
 
 
 def resolve_source(source: str) -> str:
@@ -98,8 +102,33 @@ def read_json(path_or_id: str, filename: str) -> dict[str, Any] | None:
     return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
 
 
-class TransformersScorer(ABC):
-    """Tokenizer + model loaded once from a spec; subclasses implement `score` on top of `_forward`."""
+@dataclass(frozen=True, slots=True)
+class Tokenized:
+    """One model input as the tokenizer gave it, unpadded: input_ids and, per model, token_type_ids and
+    attention_mask."""
+
+    features: dict[str, list[int]]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.features["input_ids"])
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None = None, *, max_length: int,
+             truncation: bool | str = True) -> list[Tokenized]:
+    """The texts (or text pairs), special tokens added and cut to `max_length`, in one tokenizer call."""
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), None if pairs is None else list(pairs), truncation=truncation,
+                        max_length=max_length, verbose=False)
+    columns = list(encoded.items())
+    return [Tokenized({key: values[i] for key, values in columns}) for i in range(len(texts))]
+
+
+class TransformersScorer(ABC, Generic[E]):
+    """Tokenizer + model loaded once from a spec. A subclass says how it encodes pairs (`_encode`) and scores
+    encodings (`score_encoded`); scoring text is the two in a row. The engine calls them apart (see
+    rerank.backend.PairEncoder): `encode_pairs` on its tokenizer thread, with a tokenizer of its own."""
 
     def __init__(self, spec: ModelSpec, model_cls: Any, name: str | None = None) -> None:
         self.name = name or spec.source
@@ -117,9 +146,9 @@ class TransformersScorer(ABC):
         except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/...: one error type for callers
             where = "" if self.path == spec.source else f" (resolved to {self.path})"
             raise ModelLoadError(f"cannot load model {spec.source!r}{where}: {type(exc).__name__}: {exc}") from exc
-        # count_tokens runs on the engine's tokenizer thread while the model thread scores, and one tokenizer must
-        # not serve two threads at once: counting gets a copy of its own.
-        self._counting_tokenizer = copy.deepcopy(self.tokenizer)
+        # encode_pairs and count_tokens run on the engine's tokenizer thread while the model thread scores, and one
+        # tokenizer must not serve two threads at once: they get a copy of their own.
+        self._side_tokenizer = copy.deepcopy(self.tokenizer)
         self.max_length = self._max_length()
         self.max_batch_tokens = spec.batch_tokens(self.device.type)
         # What the backends call. Compiled lazily by torch, on first use of each shape it tells apart: `warm_up`.
@@ -143,9 +172,28 @@ class TransformersScorer(ABC):
                         type(exc).__name__, exc)
             self.forward = self.model
 
-    @abstractmethod
+    def score(self, query: str, docs: Sequence[str]) -> list[float]:
+        return self.score_pairs([query] * len(docs), docs)
+
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
-        """Each backend's own (see rerank.backend.Scorer); `warm_up` scores through it."""
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries for {len(docs)} documents")
+        return self.score_encoded(self._encode(self.tokenizer, queries, docs)) if docs else []
+
+    def encode_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[E]:
+        """The pairs as the model will read them; safe beside a scoring call (a tokenizer of its own)."""
+        if len(queries) != len(docs):
+            raise ValueError(f"{len(queries)} queries for {len(docs)} documents")
+        return self._encode(self._side_tokenizer, queries, docs)
+
+    @abstractmethod
+    def _encode(self, tokenizer: Any, queries: Sequence[str], docs: Sequence[str]) -> list[E]:
+        """One encoding per pair (queries[i], docs[i]), with this tokenizer; each distinct query tokenized once."""
+
+    @abstractmethod
+    def score_encoded(self, pairs: Sequence[E]) -> list[float]:
+        """One score per encoding, equal to what `score_pairs` gives the pair it encodes; `warm_up` scores
+        through it."""
 
     def _max_length(self) -> int:
         # Never feed more than the tokenizer or the position embeddings allow, whatever the config asks for.
@@ -155,18 +203,11 @@ class TransformersScorer(ABC):
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text alone, before truncation and without special tokens (what budgets need)."""
-        return token_lengths(self._counting_tokenizer, texts)
+        return token_lengths(self._side_tokenizer, texts)
 
-    def _forward(
-        self, texts: list[str], pairs: list[str] | None = None, truncation: bool | str = True
-    ) -> Iterator[tuple[list[int], Any, torch.Tensor]]:
-        """The texts (or text pairs) through the model in calls cut by `token_batches`: for each call, the
-        positions it holds, the model's output and the attention mask. Call under `torch.inference_mode()`."""
-        if not texts:
-            return
-        encoded = self.tokenizer(texts, pairs, truncation=truncation, max_length=self.max_length, verbose=False)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
-        for rows in token_batches(lengths, self.spec.batch_size, self.max_batch_tokens):
-            call = self.tokenizer.pad({key: [values[i] for i in rows] for key, values in encoded.items()},
-                                      return_tensors="pt").to(self.device)
+    def _forward(self, inputs: Sequence[Tokenized]) -> Iterator[tuple[list[int], Any, torch.Tensor]]:
+        """Tokenized inputs through the model in calls cut by `token_batches`: for each call, the positions it
+        holds, the model's output and the attention mask. Call under `torch.inference_mode()`."""
+        for rows in token_batches([row.tokens for row in inputs], self.spec.batch_size, self.max_batch_tokens):
+            call = self.tokenizer.pad([inputs[i].features for i in rows], return_tensors="pt").to(self.device)
             yield rows, self.forward(**call), call["attention_mask"]

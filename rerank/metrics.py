@@ -14,8 +14,8 @@ QUEUE_WAIT = Histogram(
 REJECTED = Counter("rerank_rejected_total", "searches refused before queueing, by reason", ["model", "reason"])
 MODEL_ERRORS = Counter("rerank_model_errors_total", "model calls that raised", ["model"])
 
-# The batching engine (rerank/engine.py). Token figures are the engine's estimate from the backend's
-# count_tokens (query + document + 3 special tokens, capped at the model's max_length), i.e. what it cuts by.
+# The batching engine (rerank/engine.py). Token figures are what it cuts micro-batches by: the exact lengths of a
+# local backend's encoded pairs, else an estimate from count_tokens (query + document + 3 special tokens).
 QUEUE_DEPTH = Gauge("rerank_queue_searches", "searches queued or being scored", ["model"])
 BATCH_PAIRS = Histogram(
     "rerank_batch_pairs", "pairs per micro-batch (one model call)", ["model"],

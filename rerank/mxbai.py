@@ -16,13 +16,13 @@ embeddings together with the template shrinks to fit.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from rerank.batching import token_batches
-from rerank.loading import TransformersScorer, pick_device
+from rerank.loading import Tokenized, TransformersScorer, pick_device
 from rerank.spec import ModelSpec
 
 SEP = "\n"
@@ -66,7 +66,7 @@ def backend_defaults(spec: ModelSpec) -> ModelSpec:
     return spec.model_copy(update=update) if update else spec
 
 
-class MxbaiV2Scorer(TransformersScorer):
+class MxbaiV2Scorer(TransformersScorer[Tokenized]):
     """Scores = log-odds of "relevant" from a Qwen2 causal LM, in length-sorted, left-padded batches."""
 
     def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
@@ -91,40 +91,35 @@ class MxbaiV2Scorer(TransformersScorer):
         # __init__ fits it to the position embeddings once the template's length is known.
         return self.spec.max_length
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    def _ids(self, text: str, tokenizer: Any = None) -> list[int]:
+        return (tokenizer or self.tokenizer)(text, add_special_tokens=False, verbose=False)["input_ids"]
 
-    def query_ids(self, query: str) -> list[int]:
-        return self._ids(query_part(query, self.instruction))[: self.max_length * QUERY_SHARE[0] // QUERY_SHARE[1]]
+    def query_ids(self, query: str, tokenizer: Any = None) -> list[int]:
+        ids = self._ids(query_part(query, self.instruction), tokenizer)
+        return ids[: self.max_length * QUERY_SHARE[0] // QUERY_SHARE[1]]
 
     def assemble(self, query_ids: list[int], document_ids: list[int]) -> list[int]:
-        """Template + query + "\\n" + document, the document cut so query and document fit `max_length`."""
+        """Template + query + "\n" + document, the document cut so query and document fit `max_length`."""
         body = (self.sep_ids + document_ids)[: self.max_length - len(query_ids)]
         return self.prefix_ids + query_ids + body + self.suffix_ids
 
     def encode(self, query: str, docs: Sequence[str]) -> list[list[int]]:
         """The model's input ids for each (query, document) pair, unpadded."""
-        return self.encode_pairs([query] * len(docs), docs)
+        return [prompt.features["input_ids"] for prompt in self._encode(self.tokenizer, [query] * len(docs), docs)]
 
-    def encode_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[list[int]]:
-        """Input ids of the pairs (queries[i], docs[i]); each distinct query is tokenized once."""
-        query_ids = {query: self.query_ids(query) for query in dict.fromkeys(queries)}
+    def _encode(self, tokenizer: Any, queries: Sequence[str], docs: Sequence[str]) -> list[Tokenized]:
+        query_ids = {query: self.query_ids(query, tokenizer) for query in dict.fromkeys(queries)}
         parts = [document_part(doc) for doc in docs]
-        documents = self.tokenizer(parts, add_special_tokens=False, verbose=False)["input_ids"] if parts else []
-        return [self.assemble(query_ids[query], ids) for query, ids in zip(queries, documents)]
+        documents = tokenizer(parts, add_special_tokens=False, verbose=False)["input_ids"] if parts else []
+        return [Tokenized({"input_ids": self.assemble(query_ids[query], ids)})
+                for query, ids in zip(queries, documents)]
 
-    def score(self, query: str, docs: Sequence[str]) -> list[float]:
-        return self.score_pairs([query] * len(docs), docs)
-
-    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+    def score_encoded(self, pairs: Sequence[Tokenized]) -> list[float]:
         """Pairs of several searches in one call: the engine packs its micro-batches this way."""
-        if not docs:
-            return []
-        rows = self.encode_pairs(queries, docs)
-        scores = [0.0] * len(rows)
+        scores = [0.0] * len(pairs)
         with torch.inference_mode():
-            for call in token_batches([len(row) for row in rows], self.spec.batch_size, self.max_batch_tokens):
-                for i, value in zip(call, self._score_rows([rows[i] for i in call])):
+            for call in token_batches([pair.tokens for pair in pairs], self.spec.batch_size, self.max_batch_tokens):
+                for i, value in zip(call, self._score_rows([pairs[i].features["input_ids"] for i in call])):
                     scores[i] = value
         return scores
 

@@ -41,17 +41,17 @@ def test_a_model_that_cannot_load_falls_back_to_the_cluster_order_and_says_why(s
 
 def test_a_model_error_during_scoring_falls_back(es_target):
     scorer = es_target.running.server.state.engine._workers["minilm"].scorer
-    original = scorer.score_pairs
+    original = scorer.score_encoded  # what the engine's model thread calls for a local backend
 
-    def boom(queries, docs):
+    def boom(pairs):
         raise RuntimeError("CUDA out of memory (injected)")
 
-    scorer.score_pairs = boom
+    scorer.score_encoded = boom
     try:  # a query no earlier test sent, so the score cache cannot answer it
         body = orjson.dumps({"query": {"match": {"title": "injected fault bone"}}, "size": 10})
         proxied = raw("POST", f"{es_target.proxy}/scifact/_search", body)
     finally:
-        scorer.score_pairs = original
+        scorer.score_encoded = original
     direct = raw("POST", f"{es_target.direct}/scifact/_search", body)
     assert proxied.status == 200 and ids(proxied.body) == ids(direct.body)
     assert proxied.headers["X-Rerank-Status"] == "fallback; reason=model-error"

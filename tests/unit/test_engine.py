@@ -8,6 +8,7 @@ import itertools
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may try the network
@@ -41,7 +42,7 @@ class Overlap:
         self.gate.set()
         self.fail_on: str | None = None  # a query whose batch raises
         self.counted: list[list[str]] = []
-        self.counting = threading.Event()  # set by every count_tokens call
+        self.counting = threading.Event()  # set by every count_tokens (or encode_pairs) call
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         self.counted.append(list(texts))
@@ -70,6 +71,40 @@ class Overlap:
     async def busy(self) -> None:
         """Wait (without blocking the event loop) until a held call has started."""
         assert await asyncio.to_thread(self.entered.wait, 10), "the model was never called"
+
+
+@dataclass(frozen=True)
+class WordPair:
+    """EncodingOverlap's encoding: a pair and a size unlike the count estimate (2 tokens a word), to tell them apart."""
+
+    query: str
+    doc: str
+
+    @property
+    def tokens(self) -> int:
+        return 2 * (len(self.query.split()) + len(self.doc.split()))
+
+
+class EncodingOverlap(Overlap):
+    """Overlap as a PairEncoder, like the local backends: pairs are encoded ahead, then their encodings scored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoded: list[list[tuple[str, str]]] = []
+        self.text_calls = 0  # score_pairs / score: the engine should never need them
+
+    def encode_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[WordPair]:
+        self.encoded.append(list(zip(queries, docs)))
+        self.counting.set()
+        return [WordPair(q, d) for q, d in zip(queries, docs)]
+
+    def score_encoded(self, pairs: Sequence[WordPair]) -> list[float]:
+        assert all(isinstance(pair, WordPair) for pair in pairs)
+        return super().score_pairs([pair.query for pair in pairs], [pair.doc for pair in pairs])
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        self.text_calls += 1
+        return self.score_encoded([WordPair(q, d) for q, d in zip(queries, docs)])
 
 
 class ScoreOnly:
@@ -138,19 +173,67 @@ async def test_a_burst_is_counted_in_chunks_of_whole_searches(monkeypatch: pytes
     await engine.close()
 
 
-async def test_searches_are_counted_while_the_model_scores_others() -> None:
-    scorer = Overlap()
+async def test_a_pair_encoder_has_each_search_encoded_once_and_its_encodings_scored() -> None:
+    scorer = EncodingOverlap()
+    engine, m = await started(scorer, score_cache_entries=0)
+    scorer.encoded.clear()
+    scorer.text_calls = 0
+    searches = {"apple pie": ["apple tart", "pie crust"], "cherry cake": ["cherry cake"]}
+    results = await asyncio.gather(*(engine.score(m, q, docs, 5) for q, docs in searches.items()))
+    assert results == [[1.0, 1.0], [2.0]]
+    assert scorer.encoded == [[("apple pie", "apple tart"), ("apple pie", "pie crust"), ("cherry cake", "cherry cake")]]
+    assert scorer.counted == [] and scorer.text_calls == 0  # no count estimate, no text on the model thread
+    await engine.close()
+
+
+async def test_a_pair_encoders_micro_batches_are_cut_by_the_encodings_own_lengths() -> None:
+    scorer = EncodingOverlap()
+    budget = 40
+    engine, m = await started(scorer, max_batch_tokens=budget, batch_size=8)
+    docs = [words(n, f"d{i}") for i, n in enumerate([1, 2, 3, 4, 5, 6])]
+    await engine.score(m, "q", docs, 5)
+    sizes = [[WordPair(q, d).tokens for q, d in call] for call in scorer.calls]
+    # 2 tokens a word: [4, 6, 8, 10, 12, 14]; by the count estimate (1 a word + 3) all six would fit in one call
+    assert sizes == [[4, 6, 8, 10], [12, 14]]
+    assert metric("rerank_batch_tokens_total", model=m, kind="real") == sum(map(sum, sizes))
+    await engine.close()
+
+
+@pytest.mark.parametrize(("backend", "record", "expected"), [
+    (Overlap, "counted", [["second", "second doc"]]),
+    (EncodingOverlap, "encoded", [[("second", "second doc")]]),
+], ids=["counted", "encoded"])
+async def test_searches_are_tokenized_while_the_model_scores_others(backend: type[Overlap], record: str,
+                                                                     expected: list[list[object]]) -> None:
+    scorer = backend()
     engine, m = await started(scorer)
     scorer.hold()
     first = asyncio.create_task(engine.score(m, "first", ["first doc"], 10))
     await scorer.busy()
-    scorer.counted.clear()
+    getattr(scorer, record).clear()
     scorer.counting.clear()
     second = asyncio.create_task(engine.score(m, "second", ["second doc"], 10))
-    assert await asyncio.to_thread(scorer.counting.wait, 10), "never counted"
-    assert scorer.counted == [["second", "second doc"]] and not scorer.gate.is_set()  # the model is still held
+    assert await asyncio.to_thread(scorer.counting.wait, 10), "never tokenized"
+    assert getattr(scorer, record) == expected and not scorer.gate.is_set()  # the model is still held
     scorer.release()
     assert (await first, await second) == ([1.0], [1.0])
+    await engine.close()
+
+
+async def test_a_backend_that_cannot_encode_fails_those_searches_and_the_engine_keeps_serving() -> None:
+    scorer = EncodingOverlap()
+    engine, m = await started(scorer)
+    encode = scorer.encode_pairs
+
+    def broken(queries: Sequence[str], docs: Sequence[str]) -> list[WordPair]:
+        if "boom" in queries:
+            raise RuntimeError("tokenizer blew up")
+        return encode(queries, docs)
+
+    scorer.encode_pairs = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="tokenizer blew up"):
+        await engine.score(m, "boom", ["doc"], 5)
+    assert await engine.score(m, "fine", ["fine"], 5) == [1.0]
     await engine.close()
 
 
@@ -420,6 +503,19 @@ DOCS = [
 ]
 
 
+class PadOnly:
+    """A model thread's tokenizer that may pad but not tokenize: under the engine, pairs come tokenized."""
+
+    def __init__(self, tokenizer: object) -> None:
+        self._tokenizer = tokenizer
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the model thread tokenized text")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._tokenizer, name)
+
+
 async def engine_matches_direct_scores(spec: ModelSpec) -> None:
     from rerank.registry import load_scorer
 
@@ -427,6 +523,8 @@ async def engine_matches_direct_scores(spec: ModelSpec) -> None:
     engine = ScoringEngine({"m": spec})
     await engine.start()
     assert engine.states() == {"m": "ready"}
+    loaded = engine._workers["m"].scorer
+    loaded.tokenizer = PadOnly(loaded.tokenizer)  # type: ignore[union-attr]
     # both searches arrive together, so their pairs share micro-batches
     results = await asyncio.gather(*(engine.score("m", q, DOCS, 60) for q in QUERIES))
     for query, scores in zip(QUERIES, results):
@@ -445,6 +543,13 @@ async def test_engine_scores_equal_direct_scores_with_a_cross_encoder(tmp_path: 
 
     folder = make_tiny_cross_encoder(tmp_path / "ce")
     await engine_matches_direct_scores(ModelSpec(backend="cross-encoder", source=str(folder), batch_size=4))
+
+
+async def test_engine_scores_equal_direct_scores_with_mxbai_v2(tmp_path: Path) -> None:
+    from tests.qwen import make_tiny_qwen2
+
+    make_tiny_qwen2(tmp_path / "qwen")
+    await engine_matches_direct_scores(ModelSpec(backend="mxbai-v2", source=str(tmp_path / "qwen"), batch_size=4))
 
 
 async def test_micro_batches_follow_the_call_budget_the_backend_reports() -> None:
