@@ -16,6 +16,7 @@ embeddings together with the template shrinks to fit.
 """
 from __future__ import annotations
 
+from array import array
 from typing import Any, Sequence
 
 import torch
@@ -105,13 +106,13 @@ class MxbaiV2Scorer(TransformersScorer[Tokenized]):
 
     def encode(self, query: str, docs: Sequence[str]) -> list[list[int]]:
         """The model's input ids for each (query, document) pair, unpadded."""
-        return [prompt.features["input_ids"] for prompt in self._encode(self.tokenizer, [query] * len(docs), docs)]
+        return [prompt.input_ids for prompt in self._encode(self.tokenizer, [query] * len(docs), docs)]
 
     def _encode(self, tokenizer: Any, queries: Sequence[str], docs: Sequence[str]) -> list[Tokenized]:
         query_ids = {query: self.query_ids(query, tokenizer) for query in dict.fromkeys(queries)}
         parts = [document_part(doc) for doc in docs]
         documents = tokenizer(parts, add_special_tokens=False, verbose=False)["input_ids"] if parts else []
-        return [Tokenized({"input_ids": self.assemble(query_ids[query], ids)})
+        return [Tokenized.of({"input_ids": self.assemble(query_ids[query], ids)})
                 for query, ids in zip(queries, documents)]
 
     def score_encoded(self, pairs: Sequence[Tokenized]) -> list[float]:
@@ -123,13 +124,13 @@ class MxbaiV2Scorer(TransformersScorer[Tokenized]):
                     scores[i] = value
         return scores
 
-    def _score_rows(self, rows: list[list[int]]) -> list[float]:
+    def _score_rows(self, rows: list[array[int]]) -> list[float]:
         """One left-padded batch: every row ends at the last column, where the answer token would go."""
         width = -(-max(map(len, rows)) // PAD_MULTIPLE) * PAD_MULTIPLE
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            input_ids[i, width - len(row) :] = torch.frombuffer(row, dtype=torch.int32)
             attention_mask[i, width - len(row) :] = 1
         logits = self.forward(
             input_ids=input_ids.to(self.device),

@@ -1,8 +1,10 @@
 """The local CPU backends: parity with sentence-transformers, source resolution, device choice, load errors."""
 from __future__ import annotations
 
+import gc
 import os
 import re
+import tracemalloc
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may try the network
 
@@ -130,6 +132,23 @@ def test_empty_document_list_scores_nothing(minilm: BiEncoderScorer, tiny_ce_dir
 def test_count_tokens_counts_text_without_special_tokens(minilm: BiEncoderScorer) -> None:
     assert minilm.count_tokens(["vitamin c", " ".join(["word"] * 1000), ""]) == [2, 1000, 0]  # not truncated
     assert minilm.count_tokens([]) == []
+
+
+def test_encoded_pairs_keep_about_four_bytes_a_token_while_they_wait(tiny_ce_dir: Path) -> None:
+    # The engine holds every queued search's encodings: lists of Python ints would take 36+ bytes a token.
+    scorer = CrossEncoderScorer(ModelSpec(backend="cross-encoder", source=str(tiny_ce_dir)))
+    docs = [" ".join(f"w{i}x{j}" for j in range(60)) for i in range(100)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        pairs = scorer.encode_pairs(["a query"] * len(docs), docs)
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    tokens = sum(pair.tokens for pair in pairs)
+    assert tokens > 10_000
+    assert held / tokens < 12  # input_ids and token_type_ids, 4 bytes each, plus small per-pair objects
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ def counting(scorer, monkeypatch):
     original = scorer._embed
 
     def spy(inputs):
-        embedded.extend(scorer.tokenizer.decode(i.features["input_ids"], skip_special_tokens=True) for i in inputs)
+        embedded.extend(scorer.tokenizer.decode(i.input_ids, skip_special_tokens=True) for i in inputs)
         return original(inputs)
 
     monkeypatch.setattr(scorer, "_embed", spy)
