@@ -2,7 +2,7 @@
 
 A backend turns (query, documents) into one float per document, higher = more relevant. It is synchronous and
 may block (it runs a model); the engine calls it off the event loop and never concurrently for one backend, except
-`count_tokens`, which may run beside a scoring call (see its docstring).
+`count_tokens` and `PairEncoder.encode_pairs`, which may run beside a scoring call (see their docstrings).
 `score_pairs` lets the engine pack pairs of several searches into one model call; a backend without it is still
 served: the engine groups each micro-batch's pairs by query and calls `score` per group.
 

@@ -113,7 +113,7 @@ class Tokenized:
 
     @classmethod
     def of(cls, features: dict[str, list[int]]) -> Tokenized:
-        return cls({key: array("i", values) for key, values in features.items() if key != "attention_mask"})
+        return cls({key: array("i", values) for key, values in features.items()})
 
     @property
     def tokens(self) -> int:

@@ -93,14 +93,16 @@ class MxbaiV2Scorer(TransformersScorer[Tokenized]):
         return self.spec.max_length
 
     def _ids(self, text: str, tokenizer: Any = None) -> list[int]:
-        return (tokenizer or self.tokenizer)(text, add_special_tokens=False, verbose=False)["input_ids"]
+        """Ids of one piece, by `tokenizer` (the engine's tokenizer thread passes its own) or the model's."""
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
+        return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
     def query_ids(self, query: str, tokenizer: Any = None) -> list[int]:
         ids = self._ids(query_part(query, self.instruction), tokenizer)
         return ids[: self.max_length * QUERY_SHARE[0] // QUERY_SHARE[1]]
 
     def assemble(self, query_ids: list[int], document_ids: list[int]) -> list[int]:
-        """Template + query + "\n" + document, the document cut so query and document fit `max_length`."""
+        """Template + query + "\\n" + document, the document cut so query and document fit `max_length`."""
         body = (self.sep_ids + document_ids)[: self.max_length - len(query_ids)]
         return self.prefix_ids + query_ids + body + self.suffix_ids
 
