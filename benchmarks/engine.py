@@ -222,7 +222,7 @@ async def bench_model(model: str, spec: ModelSpec, source: Searches, docs: int, 
         if level == max(levels) and sequential:
             # next to the biggest engine level, so drift on a shared machine hits both alike
             log(f"{model}: direct, {sequential} searches one after another")
-            direct = await run_direct(model, scorer, source.take(sequential, docs), spec.batch_size)
+            direct = await run_direct(model, scorer, source.take(sequential, docs), scorer.batch_size)
             rows.insert(len(rows) - 1, direct)
     await engine.close()
     return rows

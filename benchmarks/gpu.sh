@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu.sh                        # from anywhere; arguments go to benchmarks/gpu_bench.py
 #   bash benchmarks/gpu.sh --tiny                 # the CPU smoke run
+#   bash benchmarks/gpu.sh --profile              # benchmarks/gpu_profile.py instead: where one call's time goes
 #   bash benchmarks/gpu.sh --fetch-wheels         # with network, before going to a machine without one (below)
 #
 # Python: $PYTHON when set, else the repo's .venv when present, else python3 (on GPU images, the one holding
@@ -84,4 +85,6 @@ fi
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
   --format=csv,noheader >&2 || true
-exec env PYTHONUNBUFFERED=1 "$PY" "$ROOT/benchmarks/gpu_bench.py" "$@"
+script=gpu_bench.py
+[[ "${1:-}" == "--profile" ]] && { script=gpu_profile.py; shift; }
+exec env PYTHONUNBUFFERED=1 "$PY" "$ROOT/benchmarks/$script" "$@"

@@ -3,6 +3,7 @@
     bash benchmarks/gpu.sh                      # on a GPU machine: sets up Python, then runs this
     python benchmarks/gpu_bench.py --tiny       # anywhere: a tiny Qwen2 on CPU, proves the script works
     bash benchmarks/gpu.sh --models base-v2 --compile   # the same through torch.compile (`compile: true`)
+    bash benchmarks/gpu.sh --engine-only         # only the engine rows (below)
 
 What it measures: the proxy's unit of work, one `MxbaiV2Scorer.score(query, docs)` call per query (tokenizing,
 length-sorted left-padded batches, the model, logit("1") - logit("0") back on the host), for `--docs` documents of
@@ -11,6 +12,12 @@ exact shapes, written to a temporary folder and loaded through the backend's own
 cost what the real models cost; the tokenizer is the tests' small byte-level BPE (tests/qwen.py), which splits the
 prompt template into more tokens than Qwen's own would: s/query is on the pessimistic side, while tokens/s and
 TFLOP/s count the tokens actually fed.
+
+Then the engine (`--concurrency` searches of `--docs` documents sent at once to `ScoringEngine`, as the proxy sends
+them), at each of `--engine-budgets` padded tokens per model call, against searches of the same shape scored one
+after another with `score()` at the product's default budget for the device (`ModelSpec.batch_tokens`); pairs per
+call are the device's default (`ModelSpec.batch_pairs`: on a GPU the budget decides). Whether packing pairs across
+searches and tokenizing off the model thread pays on a GPU, and which call size the card wants.
 
 FLOPs per (query, document) sequence of L tokens (padding not counted, so padding shows up as lost efficiency):
     2 * P * L                    P = parameters of the transformer layers (the embedding is a lookup)
@@ -21,6 +28,7 @@ Peak: the card's dense bf16 tensor-core rate, from its name (H100 SXM and H200: 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import math
@@ -41,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks.engine import Row, Search, markdown, run_direct, run_engine  # noqa: E402
 from rerank.batching import token_batches  # noqa: E402
 from tests.qwen import BASE_V2_CONFIG, TINY_CONFIG, parameter_shapes, qwen2_config, save_tokenizer  # noqa: E402
 
@@ -161,7 +170,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
-                peak: float | None, workdir: Path) -> list[Result]:
+                peak: float | None, workdir: Path) -> tuple[list[Result], list[Row]]:
     from rerank.mxbai import PAD_MULTIPLE
     from rerank.registry import load_scorer
     from rerank.spec import ModelSpec
@@ -193,8 +202,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
         f"({min(flat)}-{max(flat)}; template {template}), {flops / args.queries / 1e12:.3g} TFLOP per query")
 
     results = []
-    for batch_size in args.batch_sizes:
-        scorer.spec = scorer.spec.model_copy(update={"batch_size": batch_size})  # read per call by score()
+    for batch_size in [] if args.engine_only else args.batch_sizes:
+        scorer.batch_size = batch_size  # read per call by score()
         scorer.score(queries[0], docs_per_query[0])  # warm-up: kernels picked, allocator grown
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -218,11 +227,49 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
         log(f"  batch {batch_size}: {result.s_per_query * 1000:.1f} ms/query, {result.tokens_per_s:,.0f} tokens/s, "
             f"{result.tflops:.3g} TFLOP/s")
         results.append(result)
+    rows = asyncio.run(bench_engine(name, scorer, folder, args)) if args.concurrency else []
     del scorer
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return results
+    return results, rows
+
+
+async def bench_engine(name: str, scorer: Any, folder: Path, args: argparse.Namespace) -> list[Row]:
+    """Engine at each budget, then the same number of searches one after another at the product's default budget.
+
+    Every run gets searches of its own (no text repeats), so neither the model nor a cache has seen them.
+    """
+    from rerank.engine import ScoringEngine
+
+    runs = len(args.engine_budgets) + 1
+    queries = synthetic_texts(folder, args.concurrency * runs, args.query_tokens, seed=2)
+    searches = [Search(query, synthetic_texts(folder, args.docs, args.doc_tokens, seed=1000 + i))
+                for i, query in enumerate(queries)]
+    batches = [searches[i * args.concurrency : (i + 1) * args.concurrency] for i in range(runs)]
+    # The product's defaults for the device, but for the budget under test and the score cache (nothing repeats).
+    spec = scorer.spec.model_copy(update={"batch_size": None, "max_batch_tokens": None, "score_cache_entries": 0})
+    default_budget = spec.batch_tokens(scorer.device.type)
+    scorer.batch_size = spec.batch_pairs(scorer.device.type)
+    rows = []
+    for budget, batch in zip(args.engine_budgets, batches):
+        scorer.max_batch_tokens = budget  # the engine takes its call size from the loaded backend
+        engine = ScoringEngine({name: spec}, loader=lambda _name, _spec: scorer)  # one copy of the weights
+        await engine.start()
+        if engine.states() != {name: "ready"}:
+            raise SystemExit(f"{name}: engine did not start: {engine.states()}")
+        await engine.score(name, batch[0].query, batch[0].docs[:8], 3600.0)  # warm: this budget's shapes
+        log(f"{name}: engine, {len(batch)} concurrent searches x {args.docs} documents, {budget:,} tokens per call")
+        row = await run_engine(name, engine, batch)
+        row.mode = f"engine c{len(batch)}, {budget:,} tok"
+        rows.append(row)
+        await engine.close()
+    scorer.max_batch_tokens = default_budget
+    log(f"{name}: direct, {args.concurrency} searches one after another, {default_budget:,} tokens per call")
+    row = await run_direct(name, scorer, batches[-1], scorer.batch_size)
+    row.mode = f"direct x{args.concurrency}, {default_budget:,} tok"
+    rows.insert(0, row)
+    return rows
 
 
 # --- main -----------------------------------------------------------------------------------------------------
@@ -270,9 +317,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, help="the card's dense peak, when its name is not known here")
     parser.add_argument("--compile", action="store_true", help="load with `compile: true` (torch.compile, compiled "
                         "at load: the load time includes it)")
+    parser.add_argument("--concurrency", type=int, help="engine: searches sent at once (default 32 on a GPU, 4 on "
+                        "CPU; 0 = no engine rows)")
+    parser.add_argument("--engine-budgets", default="16384,32768,65536", help="engine: padded tokens per model call, "
+                        "comma list (default %(default)s)")
+    parser.add_argument("--engine-only", action="store_true", help="skip the batch-size sweep")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    args.engine_budgets = [int(b) for b in args.engine_budgets.split(",") if b.strip()]
     return args
 
 
@@ -287,13 +340,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown model(s) {', '.join(sorted(unknown))}; known: {', '.join(SHAPES)}")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     args.queries = args.queries or (3 if device.type == "cpu" else 10)
+    if args.concurrency is None:
+        args.concurrency = 4 if device.type == "cpu" else 32
     gpu, peak = peak_tflops(device, args.peak_tflops)
     log(f"device: {gpu}; torch {torch.__version__}; dtype {dtype}; peak {peak or 'unknown'} TFLOP/s")
     started = time.perf_counter()
     results: list[Result] = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="rerank-gpu-bench-") as tmp:
         for name in models:
-            results += bench_model(name, args, device, dtype, peak, Path(tmp))
+            sweep, engine_rows = bench_model(name, args, device, dtype, peak, Path(tmp))
+            results += sweep
+            rows += engine_rows
     import transformers
 
     shapes = ("random weights in the real checkpoints' shapes" if "tiny" not in models
@@ -305,10 +363,15 @@ def main(argv: list[str] | None = None) -> None:
           f"(2 x layer params x tokens + attention + last-position LM head) / time, padding not counted; "
           f"% of peak against {f'{peak:g} TFLOP/s dense bf16' if peak else 'no known peak'}; "
           f"{time.perf_counter() - started:.0f} s in all.\n")
-    print(table(results))
+    if results:
+        print(table(results))
+    if rows:
+        print(f"\nEngine: {args.concurrency} searches sent at once vs one after another (each run "
+              f"its own searches, none repeated); padding waste and fill by the encodings' exact lengths:\n")
+        print(markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps({"device": gpu, "peak_tflops": peak, "results": [asdict(r) for r in results]},
-                                        indent=1) + "\n")
+        args.json.write_text(json.dumps({"device": gpu, "peak_tflops": peak, "results": [asdict(r) for r in results],
+                                         "engine": [asdict(r) for r in rows]}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

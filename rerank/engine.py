@@ -45,7 +45,7 @@ from . import metrics
 from .backend import Encoding, PairEncoder, Scorer, text_key
 from .batching import fits
 from .registry import load_scorer
-from .spec import ACCELERATOR_BATCH_TOKENS, ModelSpec
+from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,9 @@ class BatchSettings:
     def of(cls, spec: ModelSpec, max_queue: int = DEFAULT_MAX_QUEUE) -> BatchSettings:
         return cls(
             max_wait_s=spec.max_wait_ms / 1000,
-            # Replaced by the budget a local backend reports once loaded; a remote one reports none.
-            max_batch_tokens=spec.max_batch_tokens or ACCELERATOR_BATCH_TOKENS,
-            batch_size=spec.batch_size,
+            # Replaced by the sizes a local backend reports once loaded (by its device); a remote one reports none.
+            max_batch_tokens=spec.batch_tokens(None),
+            batch_size=spec.batch_pairs(None),
             score_cache_entries=spec.score_cache_entries,
             max_queue=spec.max_queue or max_queue,
         )
@@ -210,10 +210,11 @@ class _ModelWorker:
             log.error("model %s failed to load: %s", self.name, self.error)
             metrics.MODEL_UP.labels(self.name).set(0)
             return
-        # A local backend knows its device, and so the call size its model runs best at (see ModelSpec.batch_tokens).
-        budget = getattr(scorer, "max_batch_tokens", None)
-        if isinstance(budget, int):
-            self.settings = replace(self.settings, max_batch_tokens=budget)
+        # A local backend knows its device, and so the call size its model runs best at (ModelSpec.batch_tokens and
+        # batch_pairs).
+        reported = {key: size for key in ("max_batch_tokens", "batch_size")
+                    if isinstance(size := getattr(scorer, key, None), int)}
+        self.settings = replace(self.settings, **reported)
         self.scorer = scorer
         self.encoder = scorer if isinstance(scorer, PairEncoder) else None
         metrics.MODEL_UP.labels(self.name).set(1)

@@ -165,6 +165,7 @@ class TransformersScorer(ABC, Generic[E]):
         self._side_tokenizer = copy.deepcopy(self.tokenizer)
         self.max_length = self._max_length()
         self.max_batch_tokens = spec.batch_tokens(self.device.type)
+        self.batch_size = spec.batch_pairs(self.device.type)
         # What the backends call. Compiled lazily by torch, on first use of each shape it tells apart: `warm_up`.
         self.forward: Any = torch.compile(self.model, dynamic=True) if spec.compile else self.model
 
@@ -222,6 +223,6 @@ class TransformersScorer(ABC, Generic[E]):
     def _forward(self, inputs: Sequence[Tokenized]) -> Iterator[tuple[list[int], Any, torch.Tensor]]:
         """Tokenized inputs through the model in calls cut by `token_batches`: for each call, the positions it
         holds, the model's output and the attention mask. Call under `torch.inference_mode()`."""
-        for rows in token_batches([row.tokens for row in inputs], self.spec.batch_size, self.max_batch_tokens):
+        for rows in token_batches([row.tokens for row in inputs], self.batch_size, self.max_batch_tokens):
             call = self.tokenizer.pad([inputs[i].unpadded() for i in rows], return_tensors="pt").to(self.device)
             yield rows, self.forward(**call), call["attention_mask"]

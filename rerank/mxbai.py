@@ -121,7 +121,7 @@ class MxbaiV2Scorer(TransformersScorer[Tokenized]):
         """Pairs of several searches in one call: the engine packs its micro-batches this way."""
         scores = [0.0] * len(pairs)
         with torch.inference_mode():
-            for call in token_batches([pair.tokens for pair in pairs], self.spec.batch_size, self.max_batch_tokens):
+            for call in token_batches([pair.tokens for pair in pairs], self.batch_size, self.max_batch_tokens):
                 for i, value in zip(call, self._score_rows([pairs[i].features["input_ids"] for i in call])):
                     scores[i] = value
         return scores

@@ -559,3 +559,12 @@ async def test_micro_batches_follow_the_call_budget_the_backend_reports() -> Non
     await engine.score(m, "q", [words(3, f"d{i}") for i in range(6)], 5)  # 7 tokens per pair: one pair per call
     assert [len(call) for call in scorer.calls] == [1] * 6
     await engine.close()
+
+
+async def test_micro_batches_follow_the_pair_count_the_backend_reports() -> None:
+    scorer = Overlap()
+    scorer.batch_size = 2  # type: ignore[attr-defined]  # what a local backend sets from its device
+    engine, m = await started(scorer)
+    await engine.score(m, "q", [words(3, f"d{i}") for i in range(6)], 5)
+    assert [len(call) for call in scorer.calls] == [2] * 3
+    await engine.close()

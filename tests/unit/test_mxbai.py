@@ -192,7 +192,7 @@ def test_left_padding_gives_the_same_score_alone_and_beside_longer_pairs(tiny: M
 
     in_batch = tiny.score(QUERY, [LONG, SHORT, LONG[:300]])
 
-    assert tiny.spec.batch_size >= 3  # one padded batch
+    assert tiny.batch_size >= 3  # one padded batch
     assert in_batch[1] == pytest.approx(alone, abs=1e-4)
 
 
