@@ -6,7 +6,7 @@
     bash benchmarks/gpu.sh --engine-only         # only the engine rows (below)
 
 What it measures: the proxy's unit of work, one `MxbaiV2Scorer.score(query, docs)` call per query (tokenizing,
-length-sorted left-padded batches, the model, logit("1") - logit("0") back on the host), for `--docs` documents of
+length-sorted right-padded batches, the model, logit("1") - logit("0") back on the host), for `--docs` documents of
 about `--doc-tokens` tokens each, at several batch sizes. The models are random Qwen2s with the real checkpoints'
 exact shapes, written to a temporary folder and loaded through the backend's own loader (`load_scorer`), so they
 cost what the real models cost; the tokenizer is the tests' small byte-level BPE (tests/qwen.py), which splits the

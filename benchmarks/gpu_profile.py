@@ -8,8 +8,10 @@ One call = as many (query, document) pairs of about `--doc-tokens` tokens as fit
 product's GPU budget by default), built and loaded as benchmarks/gpu_bench.py builds them. Rows, each the median of
 `--repeats` timed runs after warm-ups, synchronised on the device:
 
-- `score_encoded`: the product's path for encoded pairs (host tensors, left padding, forward, scores to the host);
-- `forward, padded + mask`: the model alone on the same left-padded batch, already on the device;
+- `score_encoded`: the product's path for encoded pairs (host tensors, right padding and no mask, the decoder,
+  the LM head on each pair's last token, scores to the host);
+- `forward, padded + mask`: the whole model on the same pairs left-padded with a mask (the reference's way), already
+  on the device;
 - `forward, full width, no mask`: the same shape without the padding mask (causal attention's fast kernels);
 - `forward, rows cut to the shortest, no mask`: no padding at all (fewer tokens; rates say whether padding costs);
 - `matmul ceiling`: one bf16 product of the call's tokens x hidden by hidden x intermediate, the biggest GEMM;

@@ -167,7 +167,8 @@ class TransformersScorer(ABC, Generic[E]):
         self.max_batch_tokens = spec.batch_tokens(self.device.type)
         self.batch_size = spec.batch_pairs(self.device.type)
         # What the backends call. Compiled lazily by torch, on first use of each shape it tells apart: `warm_up`.
-        self.forward: Any = torch.compile(self.model, dynamic=True) if spec.compile else self.model
+        self.module = self._module()
+        self.forward: Any = torch.compile(self.module, dynamic=True) if spec.compile else self.module
 
     def warm_up(self) -> None:
         """Compile the model before the first search, when `compile` is on (an uncompiled one needs nothing).
@@ -176,7 +177,7 @@ class TransformersScorer(ABC, Generic[E]):
         a search would stall it for seconds, so a single pair and then two are scored here. A model that fails to
         compile (no C++ compiler, an operator inductor cannot lower) runs uncompiled: slower, but it serves.
         """
-        if self.forward is self.model:
+        if self.forward is self.module:
             return
         try:
             self.score_pairs(["warm up"], ["warm up"])
@@ -185,7 +186,7 @@ class TransformersScorer(ABC, Generic[E]):
         except Exception as exc:
             log.warning("model %s: torch.compile failed, running uncompiled: %s: %s", self.name,
                         type(exc).__name__, exc)
-            self.forward = self.model
+            self.forward = self.module
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
         return self.score_pairs([query] * len(docs), docs)
@@ -209,6 +210,10 @@ class TransformersScorer(ABC, Generic[E]):
     def score_encoded(self, pairs: Sequence[E]) -> list[float]:
         """One score per encoding, equal to what `score_pairs` gives the pair it encodes; `warm_up` scores
         through it."""
+
+    def _module(self) -> torch.nn.Module:
+        """The part of the model `forward` runs (and compiles): all of it, unless a backend reads an inner part."""
+        return self.model
 
     def _max_length(self) -> int:
         # Never feed more than the tokenizer or the position embeddings allow, whatever the config asks for.

@@ -206,15 +206,29 @@ def test_batch_size_changes_neither_scores_nor_their_order(tiny_dir: Path) -> No
     assert len(set(round(s, 3) for s in by_batch[32])) == len(docs)  # distinct, so order is really checked
 
 
-def test_lm_head_runs_on_the_last_position_only(tiny: MxbaiV2Scorer) -> None:
-    widths: list[int] = []
-    hook = tiny.model.lm_head.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
+def test_lm_head_runs_on_each_pairs_last_position_only(tiny: MxbaiV2Scorer) -> None:
+    shapes: list[tuple[int, ...]] = []
+    hook = tiny.model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
     try:
         tiny.score(QUERY, [SHORT, LONG])
     finally:
         hook.remove()
 
-    assert widths == [1]
+    assert shapes == [(2, tiny.model.config.hidden_size)]  # one vector per pair, not one per token
+
+
+def test_batches_are_padded_on_the_right_without_an_attention_mask(tiny: MxbaiV2Scorer) -> None:
+    calls: list[dict[str, object]] = []
+    hook = tiny.module.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    try:
+        tiny.score(QUERY, [SHORT, LONG])
+    finally:
+        hook.remove()
+
+    (call,) = calls
+    ids = call["input_ids"]
+    assert call.get("attention_mask") is None
+    assert ids[0, 0].item() != tiny.pad_id and ids[0, -1].item() == tiny.pad_id  # the shorter row ends in padding
 
 
 def test_attention_is_sdpa(tiny: MxbaiV2Scorer) -> None:
