@@ -15,7 +15,8 @@ product's GPU budget by default), built and loaded as benchmarks/gpu_bench.py bu
 - `forward, full width, no mask`: the same shape without the padding mask (causal attention's fast kernels);
 - `forward, rows cut to the shortest, no mask`: no padding at all (fewer tokens; rates say whether padding costs);
 - `matmul ceiling`: one bf16 product of the call's tokens x hidden by hidden x intermediate, the biggest GEMM;
-- `compiled forward` (`--compile`): torch.compile of the padded call at its fixed shape, with the compile time.
+- `compiled forward` (`--compile`): torch.compile of the whole model at the padded call's fixed shape, then the
+  product's `compile: true` (its blocks, dynamic shapes), with their compile times.
 
 Then torch.profiler over a few padded forwards: device time by kernel kind (GEMM, attention, the rest) and the top
 kernels, so the next change goes where the time is.
@@ -162,8 +163,9 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
     log(f"{name}: profiling the padded forward")
     kernels = profile(forward(padded), device)
     if args.compile:
-        # torch.compile on this one shape, then as the product compiles (`compile: true`: dynamic shapes, compiled
-        # at load by warm_up), timing a call of another shape to see whether it compiles again.
+        # torch.compile of the whole model on this one shape, then as the product compiles (`compile: true`: each
+        # block, dynamic shapes, compiled at load by warm_up), timing a call of another shape to see whether it
+        # compiles again.
         compiled = torch.compile(model, dynamic=False)
         start = time.perf_counter()
         forward(padded, compiled)()
@@ -175,7 +177,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
         write_random_qwen2(folder, shape, dtype, device)
         start = time.perf_counter()
         product = load_scorer(name, spec.model_copy(update={"compile": True}))
-        log(f"{name}: loaded with compile: true (dynamic shapes, warm_up) in {time.perf_counter() - start:.0f} s")
+        log(f"{name}: loaded with compile: true (its blocks, dynamic shapes) in {time.perf_counter() - start:.0f} s")
         start = time.perf_counter()
         product.score_encoded(pairs)
         log(f"{name}: first compiled call of this shape: {time.perf_counter() - start:.1f} s")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
+from torch._dynamo.eval_frame import OptimizedModule
+from torch._dynamo.utils import counters
 from pydantic import ValidationError
 
 from rerank import loading
@@ -50,28 +52,39 @@ def test_a_compiled_model_scores_as_the_uncompiled_one_and_compiles_only_at_load
     eager = load_scorer("eager", spec)
     with ThreadPoolExecutor(1) as thread:  # loaded where the engine loads it: off the main thread
         compiled = thread.submit(load_scorer, "compiled", spec.model_copy(update={"compile": True})).result()
-    assert compiled.forward is not compiled.model
+    blocks = loading.repeated_blocks(compiled.module)
+    assert blocks is not None and all(isinstance(block, OptimizedModule) for block in blocks)
 
     with torch._dynamo.config.patch(error_on_recompile=True):  # every shape from here on reuses a warm-up graph
         for query, docs in [(QUERY, DOCS), (QUERY, DOCS[:1]), ("scurvy", DOCS[2:])]:
             assert compiled.score(query, docs) == pytest.approx(eager.score(query, docs), abs=1e-4)
 
 
+def test_one_graph_serves_every_block(sources: dict[str, str]) -> None:
+    # Regional compilation: torch traces a block once and reuses it for the others, so compiling costs one
+    # block's time. MiniLM has 6 blocks; a batch of one and bigger batches are the two graphs.
+    torch._dynamo.reset()
+    counters.clear()
+    scorer = load_scorer("bi", ModelSpec(backend="bi-encoder", source=sources["bi-encoder"], compile=True))
+
+    assert len(loading.repeated_blocks(scorer.module) or []) == 6
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2
+
+
+class FailingBlock(torch.nn.Module):
+    def forward(self, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("no C++ compiler found")
+
+
 def test_a_model_that_fails_to_compile_serves_uncompiled(
     sources: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def no_compiler(model: torch.nn.Module, **_: object) -> object:
-        def compiled(**inputs: torch.Tensor) -> object:
-            raise RuntimeError("no C++ compiler found")
-
-        return compiled
-
-    monkeypatch.setattr(loading.torch, "compile", no_compiler)
+    monkeypatch.setattr(loading.torch, "compile", lambda block, **_: FailingBlock())
     spec = ModelSpec(backend="cross-encoder", source=sources["cross-encoder"])
     with caplog.at_level(logging.WARNING, logger="rerank.loading"):
         scorer = load_scorer("ce", spec.model_copy(update={"compile": True}))
 
-    assert scorer.forward is scorer.model
+    assert not any(isinstance(block, FailingBlock) for block in loading.repeated_blocks(scorer.module) or [])
     assert "torch.compile failed, running uncompiled: RuntimeError: no C++ compiler found" in caplog.text
     assert scorer.score(QUERY, DOCS) == load_scorer("ce", spec).score(QUERY, DOCS)
 
