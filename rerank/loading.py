@@ -151,7 +151,8 @@ def compile_blocks(module: torch.nn.Module) -> Callable[[], None] | None:
     what undoes it; None when the module has no such stack.
 
     torch traces one block and reuses its graph for every other one of the stack, so compiling takes one block's
-    time instead of the whole model's (MiniLM-L6 on a 2-core CPU: 4-5 s instead of 28-31 s), while the fusions that
+    time instead of the whole model's (cold, on a 2-core CPU: 22 s instead of 56 s for MiniLM-L6, 36 s instead of 264 s
+    for mxbai base-v2's shape; benchmarks/compile_modes.py), while the fusions that
     pay (norms, activations, rotary embeddings) all happen inside a block. Dynamic shapes: one graph serves every
     batch size and length above one.
     """

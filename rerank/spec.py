@@ -45,8 +45,8 @@ class ModelSpec(BaseModel):
     )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's own choice")
     compile: bool = Field(
-        False, description="local backends: run the model through torch.compile (inductor), compiled at load; on a "
-        "CPU it needs a C++ compiler and takes tens of seconds per model"
+        False, description="local backends: run the model's transformer blocks through torch.compile (inductor), "
+        "compiled at load; on a CPU it needs a C++ compiler and takes tens of seconds per model"
     )
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="engine: how long a batch waits for more searches")
     max_batch_tokens: int | None = Field(
