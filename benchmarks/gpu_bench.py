@@ -9,9 +9,10 @@ What it measures: the proxy's unit of work, one `MxbaiV2Scorer.score(query, docs
 length-sorted right-padded batches, the model, logit("1") - logit("0") back on the host), for `--docs` documents of
 about `--doc-tokens` tokens each, at several batch sizes. The models are random Qwen2s with the real checkpoints'
 exact shapes, written to a temporary folder and loaded through the backend's own loader (`load_scorer`), so they
-cost what the real models cost; the tokenizer is the tests' small byte-level BPE (tests/qwen.py), which splits the
-prompt template into more tokens than Qwen's own would: s/query is on the pessimistic side, while tokens/s and
-TFLOP/s count the tokens actually fed.
+cost what the real models cost. The tokenizer is Qwen's own, rebuilt from its vocabulary (`--vocab`, by default
+.cache/gpu-wheels/qwen.tiktoken, which `gpu.sh --fetch-wheels` takes from the dashscope package on PyPI), so pairs
+are as long as the real model sees them. Without that file it is the tests' small BPE (tests/qwen.py), which splits
+the prompt template into 166 tokens instead of Qwen's 79: s/query is then on the pessimistic side.
 
 Then the engine (`--concurrency` searches of `--docs` documents sent at once to `ScoringEngine`, as the proxy sends
 them), at each of `--engine-budgets` padded tokens per model call, against searches of the same shape scored one
@@ -52,6 +53,10 @@ import torch  # noqa: E402
 from benchmarks.engine import Row, Search, markdown, run_direct, run_engine  # noqa: E402
 from rerank.batching import token_batches  # noqa: E402
 from tests.qwen import BASE_V2_CONFIG, TINY_CONFIG, parameter_shapes, qwen2_config, save_tokenizer  # noqa: E402
+
+# Qwen's vocabulary file (base64 token, rank per line), where `gpu.sh --fetch-wheels` puts it.
+QWEN_VOCAB = REPO / ".cache" / "gpu-wheels" / "qwen.tiktoken"
+TEST_VOCAB = "test"  # --vocab's spelling of the tests' small BPE
 
 # mxbai-rerank-large-v2 = Qwen2.5-1.5B's shapes (1.54B parameters, 1.31B outside the embedding).
 LARGE_V2_CONFIG: dict[str, Any] = {
@@ -99,14 +104,19 @@ def layer_parameters(shape: dict[str, Any]) -> int:
 
 
 def write_random_qwen2(folder: Path, shape: dict[str, Any], dtype: torch.dtype, device: torch.device,
-                       seed: int = 0) -> None:
-    """A hub-style Qwen2ForCausalLM folder with random weights drawn on `device` (fast on a GPU) in `dtype`."""
+                       vocab: Path | None, seed: int = 0) -> None:
+    """A hub-style Qwen2ForCausalLM folder with random weights drawn on `device` (fast on a GPU) in `dtype`; the
+    tokenizer is Qwen's from the `vocab` file, or the tests' small BPE."""
+    from tokenizers import Tokenizer
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    config = qwen2_config(shape) | {"torch_dtype": str(dtype).removeprefix("torch.")}
+    save_tokenizer(folder, vocab=vocab)
+    # The tiny shape's 640 rows do not hold Qwen's ids; the real shapes' 151,936 do.
+    tokens = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size()
+    config = qwen2_config(shape | {"vocab_size": max(shape["vocab_size"], tokens)})
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_tokenizer(folder)
     generator = torch.Generator(device=device).manual_seed(seed)
     tensors = {}
     for name, size in sorted(parameter_shapes(config).items()):
@@ -178,7 +188,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
     shape = SHAPES[name]
     folder = workdir / name
     start = time.perf_counter()
-    write_random_qwen2(folder, shape, dtype, device)
+    write_random_qwen2(folder, shape, dtype, device, args.vocab)
     built = time.perf_counter() - start
     start = time.perf_counter()
     spec = ModelSpec(backend="mxbai-v2", source=str(folder), device=str(device),
@@ -301,6 +311,26 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def add_vocab_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vocab", help=f"Qwen's vocabulary file, or {TEST_VOCAB!r} for the tests' small BPE "
+                        f"(default: $QWEN_VOCAB, else {QWEN_VOCAB.relative_to(REPO)} when it exists, else the test BPE)")
+
+
+def vocab_file(value: str | None) -> Path | None:
+    """The vocabulary file --vocab names (None: the tests' BPE); a named file that is missing is an error."""
+    if value is None:
+        value = os.environ.get("QWEN_VOCAB") or (str(QWEN_VOCAB) if QWEN_VOCAB.is_file() else TEST_VOCAB)
+    if value == TEST_VOCAB:
+        return None
+    if not Path(value).is_file():
+        raise SystemExit(f"--vocab {value}: no such file (bash benchmarks/gpu.sh --fetch-wheels fetches Qwen's)")
+    return Path(value)
+
+
+def tokenizer_name(vocab: Path | None) -> str:
+    return f"Qwen's tokenizer ({vocab.name})" if vocab else "the tests' small BPE tokenizer"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -323,7 +353,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "comma list (default %(default)s)")
     parser.add_argument("--engine-only", action="store_true", help="skip the batch-size sweep")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    add_vocab_argument(parser)
     args = parser.parse_args(argv)
+    args.vocab = vocab_file(args.vocab)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     args.engine_budgets = [int(b) for b in args.engine_budgets.split(",") if b.strip()]
     return args
@@ -343,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.concurrency is None:
         args.concurrency = 4 if device.type == "cpu" else 32
     gpu, peak = peak_tflops(device, args.peak_tflops)
-    log(f"device: {gpu}; torch {torch.__version__}; dtype {dtype}; peak {peak or 'unknown'} TFLOP/s")
+    log(f"device: {gpu}; torch {torch.__version__}; dtype {dtype}; peak {peak or 'unknown'} TFLOP/s; "
+        f"{tokenizer_name(args.vocab)}")
     started = time.perf_counter()
     results: list[Result] = []
     rows: list[Row] = []
@@ -358,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
               else "random weights (tiny = a 2-layer test Qwen2, not a real size)")
     print(f"\nmxbai-v2 backend on {gpu} ({str(dtype).removeprefix('torch.')}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}{', torch.compile' if args.compile else ''}): {shapes}, "
-          f"{args.queries} queries x "
+          f"{tokenizer_name(args.vocab)}, {args.queries} queries x "
           f"{args.docs} documents of about {args.doc_tokens} tokens, one score() call per query; TFLOP/s = "
           f"(2 x layer params x tokens + attention + last-position LM head) / time, padding not counted; "
           f"% of peak against {f'{peak:g} TFLOP/s dense bf16' if peak else 'no known peak'}; "

@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks.gpu_bench import (  # noqa: E402
-    SHAPES, layer_parameters, log, peak_tflops, sequence_flops, synchronize, synthetic_texts, write_random_qwen2,
+    SHAPES, add_vocab_argument, layer_parameters, log, peak_tflops, sequence_flops, synchronize, synthetic_texts,
+    tokenizer_name, vocab_file, write_random_qwen2,
 )
 from rerank.batching import token_batches  # noqa: E402
 
@@ -113,7 +114,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
 
     shape = SHAPES[name]
     folder = workdir / name
-    write_random_qwen2(folder, shape, dtype, device)
+    write_random_qwen2(folder, shape, dtype, device, args.vocab)
     spec = ModelSpec(backend="mxbai-v2", source=str(folder), device=str(device), dtype=str(dtype).removeprefix(
         "torch."), batch_size=4096, max_batch_tokens=args.call_tokens)
     scorer = load_scorer(name, spec)
@@ -174,7 +175,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
         row("compiled forward, this shape only", timed(forward(padded, compiled), device, args.repeats), real, flops)
         del compiled
         torch._dynamo.reset()
-        write_random_qwen2(folder, shape, dtype, device)
+        write_random_qwen2(folder, shape, dtype, device, args.vocab)
         start = time.perf_counter()
         product = load_scorer(name, spec.model_copy(update={"compile": True}))
         log(f"{name}: loaded with compile: true (its blocks, dynamic shapes) in {time.perf_counter() - start:.0f} s")
@@ -208,7 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float)
     parser.add_argument("--compile", action="store_true", help="also torch.compile the call's shape (minutes)")
+    add_vocab_argument(parser)
     args = parser.parse_args(argv)
+    args.vocab = vocab_file(args.vocab)
     from rerank.loading import pick_device
     from rerank.spec import ModelSpec
 
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     args.call_tokens = args.call_tokens or ModelSpec(backend="mxbai-v2", source="x").batch_tokens(device.type)
     gpu, peak = peak_tflops(device, args.peak_tflops)
     log(f"device: {gpu}; torch {torch.__version__}; dtype {dtype}; peak {peak or 'unknown'} TFLOP/s; "
-        f"call {args.call_tokens:,} tokens")
+        f"call {args.call_tokens:,} tokens; {tokenizer_name(args.vocab)}")
     with tempfile.TemporaryDirectory(prefix="rerank-gpu-profile-") as tmp:
         for name in models:
             bench(name, args, device, dtype, peak, Path(tmp))

@@ -67,9 +67,21 @@ TINY_STD = 0.25
 BASE_V2_STD = 0.05
 
 
+def _qwen_pipeline(tokenizer: Any) -> None:
+    """Qwen2's normalizer, pre-tokenizer and decoder around a byte-level BPE model."""
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers
+
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+
+
 def train_tokenizer(vocab_size: int = 600) -> Any:
     """A byte-level BPE with Qwen2's pre-tokenizer and special tokens, trained on `_CORPUS` (deterministic)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(
         models.BPE(
@@ -77,12 +89,7 @@ def train_tokenizer(vocab_size: int = 600) -> Any:
             byte_fallback=False,
         )
     )
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tokenizer.decoder = decoders.ByteLevel()
+    _qwen_pipeline(tokenizer)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
@@ -94,9 +101,59 @@ def train_tokenizer(vocab_size: int = 600) -> Any:
     return tokenizer
 
 
-def save_tokenizer(dir: Path, model_max_length: int = 32768) -> None:
-    """tokenizer.json + a Qwen2-style tokenizer_config.json (pad = <|endoftext|>, no BOS)."""
-    tokenizer = train_tokenizer()
+def qwen_vocab_tokenizer(ranks_file: Path) -> Any:
+    """Qwen's own tokenizer, rebuilt from its vocabulary file: one `base64(token bytes) rank` line per token, as
+    Qwen ships it (qwen.tiktoken; Qwen2 and 2.5, so mxbai-rerank-v2, kept the same 151,643 tokens). The special
+    tokens follow at 151643 on, as in Qwen2's tokenizer.
+
+    A rank file holds no merges: a token of rank r is the merge of two shorter tokens of lower rank. Every such
+    split is listed as a merge at r, so the BPE, which applies the lowest-ranked merge first, cuts a text as
+    Qwen's rank-greedy BPE does; whole words found in the vocabulary are taken as they are (`ignore_merges`).
+    """
+    import base64
+
+    from tokenizers import Tokenizer, models
+
+    ranks: dict[bytes, int] = {}
+    for line in Path(ranks_file).read_text(encoding="ascii").splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    to_unicode = _bytes_to_unicode()
+
+    def spelled(token: bytes) -> str:
+        return "".join(to_unicode[b] for b in token)
+
+    merges = []
+    for token, rank in ranks.items():
+        splits = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges += [(rank, ranks[left], ranks[right], spelled(left), spelled(right)) for left, right in splits]
+    merges.sort()
+    vocab = {spelled(token): rank for token, rank in ranks.items()}
+    tokenizer = Tokenizer(models.BPE(vocab, [(left, right) for *_, left, right in merges], fuse_unk=False,
+                                     ignore_merges=True))
+    _qwen_pipeline(tokenizer)
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    return tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's table, which Qwen's vocab.json spells tokens in)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def save_tokenizer(dir: Path, model_max_length: int = 32768, vocab: Path | None = None) -> None:
+    """tokenizer.json + a Qwen2-style tokenizer_config.json (pad = <|endoftext|>, no BOS). The tests' small trained
+    BPE, or with `vocab` (a Qwen vocabulary file), Qwen's own tokenizer."""
+    tokenizer = train_tokenizer() if vocab is None else qwen_vocab_tokenizer(vocab)
     tokenizer.save(str(dir / "tokenizer.json"))
     added = {
         str(tokenizer.token_to_id(token)): {

@@ -2,11 +2,18 @@
 spent finding out that one of them broke."""
 from __future__ import annotations
 
+import base64
+import json
 import re
+import string
+from itertools import product
+from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import gpu_bench, gpu_profile
+from tests.qwen import qwen_vocab_tokenizer
 
 
 def table_rows(text: str, first_cell: str) -> list[list[str]]:
@@ -16,7 +23,7 @@ def table_rows(text: str, first_cell: str) -> list[list[str]]:
 
 def test_gpu_bench_runs_the_sweep_and_the_engine_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     gpu_bench.main(["--tiny", "--queries", "1", "--docs", "6", "--doc-tokens", "20", "--batch-sizes", "2,6",
-                    "--concurrency", "2", "--engine-budgets", "256,1024"])
+                    "--concurrency", "2", "--engine-budgets", "256,1024", "--vocab", "test"])
     out = capsys.readouterr().out
     sweep = table_rows(out, "tiny")
     assert [row[1] for row in sweep if not row[1].startswith(("direct", "engine"))] == ["2", "6"]
@@ -27,9 +34,47 @@ def test_gpu_bench_runs_the_sweep_and_the_engine_on_cpu(capsys: pytest.CaptureFi
 
 
 def test_gpu_profile_times_every_variant_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
-    gpu_profile.main(["--tiny", "--call-tokens", "512", "--doc-tokens", "20", "--repeats", "1"])
+    gpu_profile.main(["--tiny", "--call-tokens", "512", "--doc-tokens", "20", "--repeats", "1", "--vocab", "test"])
     out = capsys.readouterr().out
     for variant in ("score_encoded (product path)", "forward, padded + mask", "forward, full width, no mask",
                     "forward, rows cut to the shortest, no mask"):
         assert any(line.startswith(f"| {variant} |") for line in out.splitlines()), variant
     assert "device time per forward" in out and "| GEMM |" in out
+
+
+def write_vocab(path: Path, tokens: list[bytes]) -> Path:
+    """A vocabulary file as Qwen ships one: every byte, then `tokens`, one `base64 rank` line each in rank order."""
+    ranked = [bytes([b]) for b in range(256)] + tokens
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(ranked)))
+    return path
+
+
+def test_qwen_vocab_tokenizer_merges_the_lowest_rank_first(tmp_path: Path) -> None:
+    tokenizer = qwen_vocab_tokenizer(write_vocab(tmp_path / "vocab", [b"ab", b"bc", b"abc"]))
+    assert tokenizer.encode("abc").ids == [258]  # a whole word in the vocabulary is one token
+    assert tokenizer.encode("abcx").ids == [258, ord("x")]  # a+b (256) first, then ab+c
+    assert tokenizer.encode("bcab").ids == [257, 256]  # a+b before b+c, wherever they stand
+    assert [tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [259, 260, 261]
+    assert tokenizer.encode("<|im_start|>ab").ids == [260, 256]
+
+
+def test_gpu_bench_sizes_the_embedding_for_a_bigger_vocabulary(tmp_path: Path) -> None:
+    pairs = [bytes(p, "ascii") for p in map("".join, product(string.ascii_lowercase, repeat=2))]
+    vocab = write_vocab(tmp_path / "qwen.tiktoken", pairs)  # 932 tokens + 3 special: more than tiny's 640 rows
+    gpu_bench.write_random_qwen2(tmp_path / "model", gpu_bench.TINY_CONFIG, torch.float32, torch.device("cpu"), vocab)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["vocab_size"] == 935 and config["hidden_size"] == gpu_bench.TINY_CONFIG["hidden_size"]
+
+
+def test_gpu_bench_runs_with_a_qwen_vocabulary_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vocab = write_vocab(tmp_path / "qwen.tiktoken", [b"th", b"the", b" the"])
+    gpu_bench.main(["--tiny", "--queries", "1", "--docs", "4", "--doc-tokens", "20", "--batch-sizes", "4",
+                    "--concurrency", "0", "--vocab", str(vocab)])
+    out = capsys.readouterr().out
+    assert "Qwen's tokenizer (qwen.tiktoken)" in out
+    assert [row[1] for row in table_rows(out, "tiny")] == ["4"]
+
+
+def test_gpu_bench_refuses_a_missing_vocabulary_file(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no such file"):
+        gpu_bench.main(["--tiny", "--vocab", str(tmp_path / "absent.tiktoken")])
