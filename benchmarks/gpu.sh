@@ -15,13 +15,13 @@
 # gives, at no cost.
 #
 # GPU machines that reach no package index lack pydantic (the project's config models): fetch its wheels here
-# first and carry the folder along. `bash benchmarks/gpu.sh --fetch-wheels` writes .cache/gpu-wheels (about 6 MB,
+# first and carry the folder along. `bash benchmarks/gpu.sh --fetch-wheels` writes .cache/gpu-wheels (about 3 MB,
 # the versions .venv runs; GPU_PYTHON_VERSION, default 3.12, must match the python3 there).
 #
 # The benchmarks tokenize with Qwen's own tokenizer, rebuilt from its vocabulary file, so pairs are as long as the
-# real model sees them. The file comes from PyPI: the dashscope package (Apache-2.0) ships it; only that file is
-# kept, as $WHEELS/qwen.tiktoken, checked against its sha256. --fetch-wheels fetches it; a run without it tries
-# once, and without network falls back to the tests' small BPE (longer pairs: see gpu_bench.py).
+# real model sees them: .cache/qwen.tiktoken (2.5 MB), taken from a package on PyPI and checked by its sha256
+# (tests/qwen.py: fetch_qwen_vocab). --fetch-wheels fetches it too; carry it along as well. A run without it
+# tries to fetch it, and offline falls back to the tests' small BPE (longer pairs: see gpu_bench.py).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,30 +37,13 @@ declare -A DIST=(
   [pydantic]="pydantic>=2.6"
 )
 
-QWEN_VOCAB_DIST="dashscope==2.0.2"
-QWEN_VOCAB_MEMBER="dashscope/resources/qwen.tiktoken"
-QWEN_VOCAB_SHA256="b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
+QWEN_VOCAB_FILE="$ROOT/.cache/qwen.tiktoken"
 
 say() { echo "gpu.sh: $*" >&2; }
 
-fetch_vocab() {  # $1: a python with pip. Qwen's vocabulary into $WHEELS/qwen.tiktoken; fails fast without network
-  local tmp status=0
-  tmp="$(mktemp -d)"
-  if "$1" -m pip download -q --no-deps --retries 0 --timeout 15 -d "$tmp" "$QWEN_VOCAB_DIST"; then
-    mkdir -p "$WHEELS"
-    "$1" - "$tmp" "$QWEN_VOCAB_MEMBER" "$QWEN_VOCAB_SHA256" "$WHEELS/qwen.tiktoken" <<'EOF' || status=$?
-import hashlib, pathlib, sys, zipfile
-folder, member, sha256, target = sys.argv[1:]
-data = zipfile.ZipFile(next(pathlib.Path(folder).glob("*.whl"))).read(member)
-if hashlib.sha256(data).hexdigest() != sha256:
-    sys.exit(f"{member}: sha256 is not the one gpu.sh expects")
-pathlib.Path(target).write_bytes(data)
-EOF
-  else
-    status=1
-  fi
-  rm -rf "$tmp"
-  return "$status"
+fetch_vocab() {  # $1: a python with pip and torch (tests/qwen.py imports torch); fails at once without network
+  PYTHONPATH="$ROOT" "$1" -c 'import sys; from pathlib import Path; from tests.qwen import fetch_qwen_vocab
+print(fetch_qwen_vocab(Path(sys.argv[1])))' "$QWEN_VOCAB_FILE"
 }
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
@@ -76,7 +59,7 @@ if [[ "${1:-}" == "--fetch-wheels" ]]; then
   "$py" -m pip download -q --no-deps --only-binary=:all: --python-version "${GPU_PYTHON_VERSION:-3.12}" \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$WHEELS" "${pins[@]}"
-  say "fetching Qwen's vocabulary ($QWEN_VOCAB_DIST's $QWEN_VOCAB_MEMBER) into $WHEELS"
+  say "fetching Qwen's vocabulary into $QWEN_VOCAB_FILE"
   fetch_vocab "$py"
   ls -l "$WHEELS" >&2
   exit 0
@@ -114,12 +97,12 @@ elif [[ -n "$need" ]]; then
   [[ -z "$still" ]] || { say "still missing after the install: $still"; exit 1; }
 fi
 
-if [[ -z "${QWEN_VOCAB:-}" && ! -f "$WHEELS/qwen.tiktoken" ]]; then
-  say "no $WHEELS/qwen.tiktoken: fetching Qwen's vocabulary"
-  fetch_vocab "$PY" || say "could not fetch it (offline?): the tests' small BPE tokenizes instead"
+if [[ -z "${QWEN_VOCAB:-}" && ! -f "$QWEN_VOCAB_FILE" ]]; then
+  say "no $QWEN_VOCAB_FILE: fetching Qwen's vocabulary"
+  fetch_vocab "$PY" >/dev/null || say "could not fetch it (offline?): the tests' small BPE tokenizes instead"
 fi
 if [[ -z "${QWEN_VOCAB:-}" ]]; then  # gpu_bench.py's --vocab default; "test": the tests' BPE
-  [[ -f "$WHEELS/qwen.tiktoken" ]] && QWEN_VOCAB="$WHEELS/qwen.tiktoken" || QWEN_VOCAB=test
+  [[ -f "$QWEN_VOCAB_FILE" ]] && QWEN_VOCAB="$QWEN_VOCAB_FILE" || QWEN_VOCAB=test
 fi
 export QWEN_VOCAB
 

@@ -10,8 +10,8 @@ length-sorted right-padded batches, the model, logit("1") - logit("0") back on t
 about `--doc-tokens` tokens each, at several batch sizes. The models are random Qwen2s with the real checkpoints'
 exact shapes, written to a temporary folder and loaded through the backend's own loader (`load_scorer`), so they
 cost what the real models cost. The tokenizer is Qwen's own, rebuilt from its vocabulary (`--vocab`, by default
-.cache/gpu-wheels/qwen.tiktoken, which `gpu.sh --fetch-wheels` takes from the dashscope package on PyPI), so pairs
-are as long as the real model sees them. Without that file it is the tests' small BPE (tests/qwen.py), which splits
+.cache/qwen.tiktoken, which gpu.sh fetches from PyPI: tests/qwen.py `fetch_qwen_vocab`), so pairs are as long as
+the real model sees them. Without that file it is the tests' small BPE (tests/qwen.py), which splits
 the prompt template into 166 tokens instead of Qwen's 79: s/query is then on the pessimistic side.
 
 Then the engine (`--concurrency` searches of `--docs` documents sent at once to `ScoringEngine`, as the proxy sends
@@ -52,10 +52,10 @@ import torch  # noqa: E402
 
 from benchmarks.engine import Row, Search, markdown, run_direct, run_engine  # noqa: E402
 from rerank.batching import token_batches  # noqa: E402
-from tests.qwen import BASE_V2_CONFIG, TINY_CONFIG, parameter_shapes, qwen2_config, save_tokenizer  # noqa: E402
+from tests.qwen import (  # noqa: E402
+    BASE_V2_CONFIG, QWEN_VOCAB, TINY_CONFIG, parameter_shapes, qwen2_config, save_tokenizer,
+)
 
-# Qwen's vocabulary file (base64 token, rank per line), where `gpu.sh --fetch-wheels` puts it.
-QWEN_VOCAB = REPO / ".cache" / "gpu-wheels" / "qwen.tiktoken"
 TEST_VOCAB = "test"  # --vocab's spelling of the tests' small BPE
 
 # mxbai-rerank-large-v2 = Qwen2.5-1.5B's shapes (1.54B parameters, 1.31B outside the embedding).

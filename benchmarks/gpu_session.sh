@@ -4,7 +4,7 @@
 # own log in OUTDIR; a step that fails or runs out of time does not stop the next.
 #
 #   bash benchmarks/gpu.sh --fetch-wheels              # here, with network: wheels + Qwen's vocabulary
-#   bash benchmarks/gpu_session.sh "$OUT"              # on the GPU machine, .cache/gpu-wheels carried along
+#   bash benchmarks/gpu_session.sh "$OUT"              # on the GPU machine: carry .cache/gpu-wheels, .cache/qwen.tiktoken
 #   bash benchmarks/gpu_session.sh /tmp/session --tiny # anywhere: the same steps on a tiny Qwen2 (a few minutes)
 #
 # Steps, the most wanted first:

