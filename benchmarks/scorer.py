@@ -20,8 +20,10 @@ The cross-encoder is all-MiniLM-L6-v2's trained encoder under a seeded random on
 `.cache/bench-models`: the shape of cross-encoder/ms-marco-MiniLM-L-6-v2, so it costs what that model costs.
 mxbai-v2 runs on a random Qwen2 with mxbai-rerank-base-v2's exact shapes in float32 (built once under
 `.cache/bench-models`, both sides load the same folder; `--mxbai-model` takes a real one), so it costs what the
-real model costs; its query + document budget is `--mxbai-max-length` model tokens, the prompt template comes on
-top. Each side scores one query per call (the proxy's unit of work) with the same batch size and thread count.
+real model costs. Its tokenizer is Qwen's own (`--mxbai-tokenizer qwen`, its vocabulary fetched once from PyPI,
+see tests/qwen.py), so pairs are as long as the real model's; `--mxbai-tokenizer test` takes the tests' small BPE,
+which splits the template into 166 tokens instead of 79. The query + document budget is `--mxbai-max-length` model
+tokens, the prompt template comes on top. Each side scores one query per call (the proxy's unit of work) with the same batch size and thread count.
 Ours also cuts its model calls by `max_batch_tokens` (padded tokens per call, length-sorted); `--max-batch-tokens`
 takes a comma list to race one of ours per value against the same reference (how the CPU default was chosen).
 `--compile on|both` loads ours with `compile: true` (torch.compile, compiled before the race starts) instead of or
@@ -35,8 +37,8 @@ The last pass's scores of both sides are compared: the table's last column is th
 The output ends with the markdown table; ratio = ours / reference pairs/s (above 1: ours is faster).
 
 Size: the defaults (mxbai-v2 3 queries x 4 documents, cross/bi-encoder 4 x 25) take 5 to 8 minutes on a busy
-2-core CPU, most of it the 0.5B model at 3-7 s per pair (about 300 tokens each, 166 of them the template as the
-test tokenizer splits it). The first run also builds the model folder (a minute, 2 GB) and, when no venv with
+2-core CPU, most of it the 0.5B model at 2-7 s per pair (about 210 tokens each, 79 of them the template). The first
+run also builds the model folder (a minute, 2 GB) and, when no venv with
 mxbai-rerank exists (.cache/mxbai-ref-venv, else /tmp/mxbai-ref), creates .cache/mxbai-ref-venv with pip.
 """
 from __future__ import annotations
@@ -255,14 +257,15 @@ def token_stats(lengths: Sequence[int]) -> str:
 # --- mxbai-v2 -------------------------------------------------------------------------------------------------
 
 
-def base_v2_folder() -> Path:
-    """The random base-v2-shaped Qwen2 (seed 0, float32), built once; `weights.sha256` marks it complete."""
-    from tests.qwen import make_base_v2_qwen2
+def base_v2_folder(tokenizer: str) -> Path:
+    """The random base-v2-shaped Qwen2 (seed 0, float32) with Qwen's tokenizer or the tests' BPE, built once;
+    `weights.sha256` marks it complete."""
+    from tests.qwen import fetch_qwen_vocab, make_base_v2_qwen2
 
-    folder = MODELS_CACHE / "qwen2-base-v2-seed0"
+    folder = MODELS_CACHE / ("qwen2-base-v2-seed0" + ("-qwen-vocab" if tokenizer == "qwen" else ""))
     if not (folder / "weights.sha256").is_file():
         log(f"building the random base-v2-shaped Qwen2 in {folder} (once; about a minute, 2 GB)")
-        sha = make_base_v2_qwen2(folder, seed=0)
+        sha = make_base_v2_qwen2(folder, seed=0, vocab=fetch_qwen_vocab() if tokenizer == "qwen" else None)
         (folder / "weights.sha256").write_text(sha + "\n")
     return folder
 
@@ -336,8 +339,9 @@ def bench_mxbai(args: argparse.Namespace, pairs: list[Query]) -> tuple[list[Row]
     from rerank.spec import ModelSpec
     from tests.qwen import loaded_weights_sha256
 
-    folder = Path(args.mxbai_model) if args.mxbai_model else base_v2_folder()
-    model = f"{folder.name} (fp32)" if args.mxbai_model else "random Qwen2, base-v2 shape (fp32)"
+    folder = Path(args.mxbai_model) if args.mxbai_model else base_v2_folder(args.mxbai_tokenizer)
+    tokenizer = "Qwen's tokenizer" if args.mxbai_tokenizer == "qwen" else "test BPE"
+    model = f"{folder.name} (fp32)" if args.mxbai_model else f"random Qwen2, base-v2 shape (fp32, {tokenizer})"
     python = reference_python(args.reference_python)
     spec = ModelSpec(backend="mxbai-v2", source=str(folder), device="cpu", dtype="float32",
                      max_length=args.mxbai_max_length, batch_size=args.batch_size, threads=args.threads)
@@ -460,6 +464,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mxbai-max-length", type=int, default=128,
                         help="mxbai-v2: query + document budget in model tokens, both sides (default %(default)s)")
     parser.add_argument("--mxbai-model", help="mxbai-v2: a real mxbai-rerank-v2 folder instead of the random base-v2")
+    parser.add_argument("--mxbai-tokenizer", choices=("qwen", "test"), default="qwen",
+                        help="mxbai-v2, the random base-v2's tokenizer: Qwen's own or the tests' small BPE "
+                        "(default %(default)s)")
     parser.add_argument("--doc-tokens", type=int, default=128, help="document text budget in pieces, "
                         "TextConfig.max_tokens (default %(default)s, as in config.yaml)")
     parser.add_argument("--batch-size", type=int, default=32, help="both sides (default %(default)s)")

@@ -316,9 +316,9 @@ def make_tiny_qwen2_qwen_vocab(dir: Path, seed: int = 0) -> str:
     return make_qwen2_reranker(dir, TINY_QWEN_VOCAB_CONFIG, std=TINY_STD, seed=seed, vocab=fetch_qwen_vocab())
 
 
-def make_base_v2_qwen2(dir: Path, seed: int = 0) -> str:
+def make_base_v2_qwen2(dir: Path, seed: int = 0, vocab: Path | None = None) -> str:
     """mxbai-rerank-base-v2's exact shapes (about 494M parameters, 2 GB in float32)."""
-    return make_qwen2_reranker(dir, BASE_V2_CONFIG, std=BASE_V2_STD, seed=seed)
+    return make_qwen2_reranker(dir, BASE_V2_CONFIG, std=BASE_V2_STD, seed=seed, vocab=vocab)
 
 
 def loaded_weights_sha256(model: torch.nn.Module) -> str:
