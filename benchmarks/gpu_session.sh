@@ -43,6 +43,6 @@ step() {  # name, time limit in seconds, gpu.sh's arguments
 }
 
 step compiled 200 "${one[@]}" --compile --batch-sizes 64,100 --json "$OUT/compiled.json"
-step bench 220 "${both[@]}" --json "$OUT/bench.json"
-step profile 150 --profile "${call[@]}" --compile
+step bench 200 "${both[@]}" --json "$OUT/bench.json"
+step profile 170 --profile "${call[@]}" --compile
 exit "$failed"
