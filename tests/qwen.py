@@ -173,7 +173,8 @@ def qwen_vocab_tokenizer(ranks_file: Path) -> Any:
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """Byte-level BPE's printable stand-in for each byte (GPT-2's table, which Qwen's vocab.json spells tokens in)."""
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's table, which Qwen's vocab.json spells tokens in).
+    transformers has one too; this module keeps off transformers, whose version differs between the two venvs."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table, extra = {}, 0
     for byte in range(256):

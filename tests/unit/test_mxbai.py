@@ -188,7 +188,7 @@ def test_bfloat16_scores_track_float32(tiny_dir: Path, tiny: MxbaiV2Scorer) -> N
 # --- padding, batching, forward -----------------------------------------------------------------------------
 
 
-def test_left_padding_gives_the_same_score_alone_and_beside_longer_pairs(tiny: MxbaiV2Scorer) -> None:
+def test_padding_gives_the_same_score_alone_and_beside_longer_pairs(tiny: MxbaiV2Scorer) -> None:
     alone = tiny.score(QUERY, [SHORT])[0]
 
     in_batch = tiny.score(QUERY, [LONG, SHORT, LONG[:300]])
