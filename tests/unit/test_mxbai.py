@@ -226,10 +226,57 @@ def test_batches_are_padded_on_the_right_without_an_attention_mask(tiny: MxbaiV2
     finally:
         hook.remove()
 
-    (call,) = calls
+    call = calls[-1]  # after the shared prefix's own call
     ids = call["input_ids"]
     assert call.get("attention_mask") is None
     assert ids[0, 0].item() != tiny.pad_id and ids[0, -1].item() == tiny.pad_id  # the shorter row ends in padding
+
+
+def forward_calls(scorer: MxbaiV2Scorer, queries: list[str], docs: list[str]) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    hook = scorer.module.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs),
+                                                   with_kwargs=True)
+    try:
+        scorer.score_pairs(queries, docs)
+    finally:
+        hook.remove()
+    return calls
+
+
+def test_one_searchs_pairs_run_their_template_and_query_once(tiny_dir: Path) -> None:
+    fresh = scorer(tiny_dir)
+    docs = [SHORT, LONG[:300], "Paris is the capital of France."]
+
+    prefix, rows = forward_calls(fresh, [QUERY] * 3, docs)
+    (later,) = forward_calls(fresh, [QUERY] * 2, ["okapi bm25", "reciprocal rank fusion"])  # the search's next call
+
+    shared = len(fresh.prefix_ids) + len(fresh.query_ids(QUERY))
+    assert prefix["input_ids"].tolist() == [fresh.encode(QUERY, [SHORT])[0][:shared]]
+    assert rows["input_ids"].shape[0] == 3
+    # The rows ran after the prefix's keys and values (the cache holds both once the call is over).
+    assert rows[fresh._cache_arg].get_seq_length() == shared + rows["input_ids"].shape[1]
+    assert later[fresh._cache_arg].get_seq_length() == shared + later["input_ids"].shape[1]
+
+
+def test_pairs_of_several_queries_share_the_chat_prefix(tiny_dir: Path) -> None:
+    prefix, rows = forward_calls(scorer(tiny_dir), ["what is bm25", "rerankers"], [SHORT, LONG[:300]])
+
+    assert prefix["input_ids"].tolist() == [scorer(tiny_dir).prefix_ids]
+    assert rows["input_ids"].shape[0] == 2
+
+
+@pytest.mark.parametrize("queries", [[QUERY] * 4, ["what is bm25", "rerankers", "what is bm25", QUERY]])
+def test_sharing_the_prefix_keeps_every_score(tiny_dir: Path, queries: list[str]) -> None:
+    docs = [SHORT, LONG, "Paris is the capital of France.", LONG[:120]]
+    whole = scorer(tiny_dir)
+    whole.share_prefix = False
+
+    assert scorer(tiny_dir).score_pairs(queries, docs) == pytest.approx(whole.score_pairs(queries, docs), abs=1e-4)
+
+
+def test_a_compiled_model_runs_whole_rows(tiny_dir: Path) -> None:
+    # Sharing would recompile its blocks layer by layer (dynamo guards on the layer index the cache is read with).
+    assert scorer(tiny_dir, compile=True).share_prefix is False
 
 
 def test_attention_is_sdpa(tiny: MxbaiV2Scorer) -> None:
