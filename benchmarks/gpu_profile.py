@@ -9,7 +9,7 @@ product's GPU budget by default), built and loaded as benchmarks/gpu_bench.py bu
 `--repeats` timed runs after warm-ups, synchronised on the device:
 
 - `score_encoded`: the product's path for encoded pairs (host tensors, right padding, the pairs' shared template
-  and query run once, the decoder, the LM head on each pair's last token, scores to the host); then the same with
+  and query kept from the warm-ups as for a search's later calls, the decoder, the LM head on each pair's last token, scores to the host); then the same with
   every row run whole (no mask at all);
 - `forward, padded + mask`: the whole model on the same pairs left-padded with a mask (the reference's way), already
   on the device;

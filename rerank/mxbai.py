@@ -10,7 +10,7 @@ across piece boundaries and give other ids. The score is logit("1") - logit("0")
 log-odds of "relevant"; the LM head runs on that position only (what `logits_to_keep=1` does), which matters with
 a 151936-word vocabulary.
 
-Batches are padded on the right and run without an attention mask. A causal model never attends ahead, so the
+Batches are padded on the right and run without a padding mask. A causal model never attends ahead, so the
 padding after a row's last token changes nothing that token sees, and its positions start at 0 as when the pair
 runs alone. Without a mask, attention takes the causal kernels: on an H200 a base-v2 call of 16k tokens ran 10%
 faster without the padding mask (benchmarks/gpu_profile.py).
