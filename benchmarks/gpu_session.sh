@@ -8,10 +8,9 @@
 #   bash benchmarks/gpu_session.sh /tmp/session --tiny # anywhere: the same steps on a tiny Qwen2 (a few minutes)
 #
 # Steps, the most wanted first:
-#   compiled  base-v2 with `compile: true`: its compile time at load, s/query at 64 and 100 pairs per call, and the
-#             engine compiled (compiled.json)
-#   bench     base-v2 and large-v2 uncompiled: s/query at 64 and 100 pairs per call, with the shared prefix and
-#             without (rerank/mxbai.py), then the engine (bench.json)
+#   compiled  base-v2 compiled, as the product runs on CUDA (`compile: auto`): its compile time at load, s/query at
+#             64 and 100 pairs per call, and the engine compiled (compiled.json)
+#   bench     base-v2 and large-v2 uncompiled: s/query at 64 and 100 pairs per call, then the engine (bench.json)
 #   profile   base-v2: one call and its variants, whole-shape and per-block compile, kernels by kind
 set -uo pipefail
 
@@ -43,7 +42,7 @@ step() {  # name, time limit in seconds, gpu.sh's arguments
   fi
 }
 
-step compiled 200 "${one[@]}" --compile --batch-sizes 64,100 --json "$OUT/compiled.json"
-step bench 200 "${both[@]}" --batch-sizes 64,100 --share-prefix both --json "$OUT/bench.json"
+step compiled 200 "${one[@]}" --compile on --batch-sizes 64,100 --json "$OUT/compiled.json"
+step bench 200 "${both[@]}" --compile off --batch-sizes 64,100 --json "$OUT/bench.json"
 step profile 170 --profile "${call[@]}" --compile
 exit "$failed"

@@ -200,29 +200,37 @@ class TransformersScorer(ABC, Generic[E]):
         # What the backends call. With `compile`, its blocks are compiled by torch on first use of each shape it
         # tells apart: `warm_up`.
         self.forward = self.module = self._module()
-        self._uncompile = compile_blocks(self.module) if spec.compile else None
-        if spec.compile and self._uncompile is None:
+        compiles = spec.compiles(self.device.type)
+        self._uncompile = compile_blocks(self.module) if compiles else None
+        if compiles and self._uncompile is None:
             log.warning("model %s: compile: no stack of repeated blocks in %s, running uncompiled", self.name,
                         type(self.module).__name__)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the model runs compiled (`compile`), until a failed compile at warm-up turns it back."""
+        return self._uncompile is not None
+
     def warm_up(self) -> None:
-        """Compile the model before the first search, when `compile` is on (an uncompiled one needs nothing).
+        """Compile the model before the first search, when `compile` is on (an uncompiled one needs nothing), then
+        log how it runs.
 
         torch.compile builds a graph for a batch of one and another for every bigger batch; building either during
         a search would stall it for seconds, so a single pair and then two are scored here. A model that fails to
         compile (no C++ compiler, an operator inductor cannot lower) runs uncompiled: slower, but it serves.
         """
-        if self._uncompile is None:
-            return
-        try:
-            self.score_pairs(["warm up"], ["warm up"])
-            # Documents not seen before: the bi-encoder would take a known one from its cache, not the model.
-            self.score_pairs(["warm up"] * 2, ["a first document", "a second document, a little longer"])
-        except Exception as exc:
-            log.warning("model %s: torch.compile failed, running uncompiled: %s: %s", self.name,
-                        type(exc).__name__, exc)
-            self._uncompile()
-            self._uncompile = None
+        if self.compiled:
+            try:
+                self.score_pairs(["warm up"], ["warm up"])
+                # Documents not seen before: the bi-encoder would take a known one from its cache, not the model.
+                self.score_pairs(["warm up"] * 2, ["a first document", "a second document, a little longer"])
+            except Exception as exc:
+                log.warning("model %s: torch.compile failed, running uncompiled: %s: %s", self.name,
+                            type(exc).__name__, exc)
+                self._uncompile()
+                self._uncompile = None
+        log.info("model %s: ready on %s, %s, %s", self.name, self.device, str(self.model.dtype).removeprefix("torch."),
+                 "compiled" if self.compiled else "not compiled")
 
     def score(self, query: str, docs: Sequence[str]) -> list[float]:
         return self.score_pairs([query] * len(docs), docs)

@@ -22,6 +22,9 @@ the rows of a call start after them and attend to them (`share_prefix`): a searc
 of every call, cost nothing again. Rows of several queries in one call share the chat prefix. Attention then needs
 a mask (the rows sit after the cached prefix), which the fewer tokens more than pay for on a CPU: base-v2 in fp32
 scored 8.8% more pairs/s at 353-token pairs, 42 of them shared (benchmarks/gpu_bench.py --share-prefix both).
+On a GPU it does not pay, so it is done on a CPU only: on an H200 (bf16, 100 pairs of 351 tokens per search) base-v2
+took 140-195 ms per new search sharing against 107 ms not, and with the prefix already kept 81.8 ms against 83.3
+(benchmarks/gpu_profile.py). A compiled model never shares: the cache would recompile its blocks once per layer.
 
 Token budget (`max_length`, default 8192, excludes the fixed template): the query part keeps at most 3/4 of it,
 "\\n" + the document part fills what is left, both cut at the end; a budget that would overflow the position
@@ -115,8 +118,8 @@ class MxbaiV2Scorer(TransformersScorer[Prompt]):
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         template = len(self.prefix_ids) + len(self.suffix_ids)
         # Compiled blocks would be recompiled for each layer (dynamo guards on the layer index the cache is read
-        # with), so a compiled model runs whole rows.
-        self.share_prefix = not self.spec.compile
+        # with), so a compiled model runs whole rows; on a GPU sharing costs more than it saves (module docstring).
+        self.share_prefix = self.device.type == "cpu" and not self.compiled
         self._prefixes: LRU[bytes, list[tuple[torch.Tensor, torch.Tensor]]] = LRU(PREFIX_CACHE_ENTRIES)
         self._chat_prefix = array("i", self.prefix_ids)
         # transformers 5.24 renamed the decoder's `past_key_values` argument `cache`; both are served.

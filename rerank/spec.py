@@ -44,9 +44,10 @@ class ModelSpec(BaseModel):
         f"{ACCELERATOR_BATCH_PAIRS:,} otherwise (where the token budget decides)"
     )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's own choice")
-    compile: bool = Field(
-        False, description="local backends: run the model's transformer blocks through torch.compile (inductor), "
-        "compiled at load; on a CPU it needs a C++ compiler and takes tens of seconds per model"
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="local backends: run the model's transformer blocks through torch.compile (inductor), "
+        "compiled at load; auto = on a CUDA GPU only (on a CPU it needs a C++ compiler, takes tens of seconds per "
+        "model and gains little)"
     )
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="engine: how long a batch waits for more searches")
     max_batch_tokens: int | None = Field(
@@ -93,6 +94,12 @@ class ModelSpec(BaseModel):
             return self.max_batch_tokens
         return CPU_BATCH_TOKENS if device_type == "cpu" else ACCELERATOR_BATCH_TOKENS
 
+    def compiles(self, device_type: str) -> bool:
+        """Whether a local model on `device_type` (torch's: cpu, cuda, mps) is compiled: `compile`, or with "auto"
+        on CUDA alone, where it pays most (an H200 scored base-v2 in 78 ms per search of 100 pairs compiled, 107 ms
+        not; benchmarks/gpu_bench.py), while a CPU gains 1-19% for tens of seconds at start."""
+        return device_type == "cuda" if self.compile == "auto" else self.compile
+
     def batch_pairs(self, device_type: str | None) -> int:
         """`batch_size`, or the default for a model running on `device_type` (as in `batch_tokens`)."""
         if self.batch_size is not None:
@@ -106,7 +113,7 @@ class ModelSpec(BaseModel):
             if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
                 raise ValueError(f"source: backend 'remote' needs the service's base URL (http[s]://host:port), "
                                  f"got {self.source!r}")
-            if self.compile:
+            if self.compile is True:
                 raise ValueError("compile: only valid with a local backend, not 'remote'")
         elif stray := sorted(REMOTE_FIELDS & self.model_fields_set):
             raise ValueError(f"{', '.join(stray)}: only valid with backend 'remote', not {self.backend!r}")

@@ -1,4 +1,5 @@
-"""`compile: true`: the local backends run their model through torch.compile, compiled at load, same scores."""
+"""`compile`: the local backends run their model through torch.compile, compiled at load, same scores; by default
+on a CUDA GPU only."""
 from __future__ import annotations
 
 import logging
@@ -92,3 +93,25 @@ def test_a_model_that_fails_to_compile_serves_uncompiled(
 def test_compile_is_rejected_on_the_remote_backend() -> None:
     with pytest.raises(ValidationError, match="compile: only valid with a local backend"):
         ModelSpec(backend="remote", source="http://rerank-gpu:7997", compile=True)
+
+
+def test_compile_auto_means_cuda_only_and_an_explicit_value_wins() -> None:
+    auto = ModelSpec(backend="mxbai-v2", source="mixedbread-ai/mxbai-rerank-base-v2")
+
+    assert (auto.compile, auto.compiles("cuda"), auto.compiles("cpu"), auto.compiles("mps")) == ("auto", True, False,
+                                                                                                 False)
+    assert auto.model_copy(update={"compile": True}).compiles("cpu") is True
+    assert auto.model_copy(update={"compile": False}).compiles("cuda") is False
+
+
+def test_a_model_on_a_cpu_runs_uncompiled_by_default(sources: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="rerank.loading"):
+        scorer = load_scorer("ce", ModelSpec(backend="cross-encoder", source=sources["cross-encoder"]))
+
+    assert scorer.compiled is False
+    assert "model ce: ready on cpu, float32, not compiled" in caplog.text
+    assert not any(isinstance(block, OptimizedModule) for block in loading.repeated_blocks(scorer.module) or [])
+
+
+def test_the_remote_backend_takes_the_default_compile() -> None:
+    assert ModelSpec(backend="remote", source="http://rerank-gpu:7997").compile == "auto"

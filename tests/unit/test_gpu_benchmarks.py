@@ -27,17 +27,25 @@ def test_gpu_bench_runs_the_sweep_and_the_engine_on_cpu(capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     rows = table_rows(out, "tiny")
     sweep = [row for row in rows if not row[1].startswith(("direct", "engine"))]
-    assert [row[1:3] for row in sweep] == [["2", "yes"], ["2", "no"], ["6", "yes"], ["6", "no"]]
+    assert [row[1:4] for row in sweep] == [["2", "no", "yes"], ["2", "no", "no"], ["6", "no", "yes"], ["6", "no", "no"]]
     engine = [row for row in rows if row[1].startswith(("direct", "engine"))]
     assert [row[1] for row in engine] == ["direct x2, 2,048 tok", "engine c2, 256 tok", "engine c2, 1,024 tok"]
-    for row in [r[3:] for r in sweep] + [r[2:] for r in engine]:
+    for row in [r[4:] for r in sweep] + [r[2:] for r in engine]:
         assert all(re.fullmatch(r"[\d.,%]+|n/a|-", cell) for cell in row), row
+
+
+def test_gpu_bench_runs_as_the_product_would_on_the_device_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    # On a CPU the product shares the prefix and does not compile (rerank/mxbai.py, ModelSpec.compiles).
+    gpu_bench.main(["--tiny", "--queries", "1", "--docs", "4", "--doc-tokens", "20", "--batch-sizes", "4",
+                    "--concurrency", "0", "--vocab", "test"])
+    assert [row[1:4] for row in table_rows(capsys.readouterr().out, "tiny")] == [["4", "no", "yes"]]
 
 
 def test_gpu_profile_times_every_variant_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     gpu_profile.main(["--tiny", "--call-tokens", "512", "--doc-tokens", "20", "--repeats", "1", "--vocab", "test"])
     out = capsys.readouterr().out
-    for variant in ("score_encoded (product path)", "score_encoded, prefix not shared", "forward, padded + mask",
+    for variant in ("score_encoded (product path, uncompiled)", "score_encoded, prefix not shared (kept from the "
+                    "warm-ups)", "forward, padded + mask",
                     "forward, full width, no mask", "forward, rows cut to the shortest, no mask"):
         assert any(line.startswith(f"| {variant} |") for line in out.splitlines()), variant
     assert "device time per forward" in out and "| GEMM |" in out
