@@ -13,10 +13,11 @@ exact shapes, written to a temporary folder and loaded through the backend's own
 cost what the real models cost, compiled or not as the product would (`--compile`, by default `compile: auto`). A
 search's pairs share their template and query, run once per query with `--share-prefix on` (rerank/mxbai.py; by
 default as the product does: on a CPU only; each timed query starts with nothing kept, as a new search does);
-TFLOP/s counts each pair's whole length either way, so sharing shows up as more of them. The tokenizer is Qwen's own, rebuilt from its vocabulary (`--vocab`, by default
-.cache/qwen.tiktoken, which gpu.sh fetches from PyPI: tests/qwen.py `fetch_qwen_vocab`), so pairs are as long as
-the real model sees them. Without that file it is the tests' small BPE (tests/qwen.py), which splits
-the prompt template into 166 tokens instead of Qwen's 79: s/query is then on the pessimistic side.
+TFLOP/s counts each pair's whole length either way, so sharing shows up as more of them. The tokenizer is Qwen's
+own, rebuilt from its vocabulary (`--vocab`, by default .cache/qwen.tiktoken, which gpu.sh fetches from PyPI:
+tests/qwen.py `fetch_qwen_vocab`), so pairs are as long as the real model sees them. Without that file it is the
+tests' small BPE (tests/qwen.py), which splits the prompt template into 166 tokens instead of Qwen's 79: s/query is
+then on the pessimistic side.
 
 Then the engine (`--concurrency` searches of `--docs` documents sent at once to `ScoringEngine`, as the proxy sends
 them), at each of `--engine-budgets` padded tokens per model call, against searches of the same shape scored one
@@ -221,12 +222,12 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
         f"({min(flat)}-{max(flat)}; template {template}), {flops / args.queries / 1e12:.3g} TFLOP per query")
 
     results = []
-    shares = scorer.share_prefix
+    product_shares = scorer.share_prefix
     sweep = [] if args.engine_only else [(size, share) for size in args.batch_sizes for share in args.share_prefix]
     for batch_size, share in sweep:
         scorer.batch_size = batch_size  # read per call by score()
         # The product's choice for the device, or the one asked for; a compiled model never shares (rerank/mxbai.py).
-        scorer.share_prefix = shares if share is None else share and not scorer.compiled
+        scorer.share_prefix = product_shares if share is None else share and not scorer.compiled
         scorer.score(queries[0], docs_per_query[0])  # warm-up: kernels picked, allocator grown
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -253,6 +254,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
         log(f"  batch {batch_size}{shared}: {result.s_per_query * 1000:.1f} ms/query, "
             f"{result.tokens_per_s:,.0f} tokens/s, {result.tflops:.3g} TFLOP/s")
         results.append(result)
+    scorer.share_prefix = product_shares  # the engine rows run as the product does
     rows = asyncio.run(bench_engine(name, scorer, folder, args)) if args.concurrency else []
     del scorer
     gc.collect()
@@ -328,8 +330,8 @@ def table(results: list[Result]) -> str:
         peak = f"{100 * r.peak_fraction:.1f}%" if r.peak_fraction is not None else "n/a"
         mem = f"{r.peak_mem_gib:.1f}" if r.peak_mem_gib is not None else "n/a"
         lines.append(f"| {r.model} | {r.batch_size} | {yes_no(r.compiled)} | {yes_no(r.shared_prefix)} | "
-                     f"{r.s_per_query:.4f} | "
-                     f"{rate(r.pairs_per_s)} | {rate(r.tokens_per_s)} | {r.tflops:.3g} | {peak} | {100 * r.padding:.1f}% | {mem} |")
+                     f"{r.s_per_query:.4f} | {rate(r.pairs_per_s)} | {rate(r.tokens_per_s)} | {r.tflops:.3g} | "
+                     f"{peak} | {100 * r.padding:.1f}% | {mem} |")
     return "\n".join(lines)
 
 

@@ -8,9 +8,10 @@ One call = as many (query, document) pairs of about `--doc-tokens` tokens as fit
 product's GPU budget by default), built and loaded as benchmarks/gpu_bench.py builds them. Rows, each the median of
 `--repeats` timed runs after warm-ups, synchronised on the device:
 
-- `score_encoded`: the product's path for encoded pairs (host tensors, right padding, the pairs' shared template
-  and query kept from the warm-ups as for a search's later calls, the decoder, the LM head on each pair's last token, scores to the host); then the same with
-  every row run whole (no mask at all);
+- `score_encoded`: the product's path for encoded pairs, uncompiled (host tensors, right padding, the decoder, the
+  LM head on each pair's last token, scores to the host), sharing the pairs' template and query as the product does
+  on the device (rerank/mxbai.py: on a CPU only); then the other way, where a shared prefix is the one kept from the
+  warm-ups, as for a search's later calls;
 - `forward, padded + mask`: the whole model on the same pairs left-padded with a mask (the reference's way), already
   on the device;
 - `forward, full width, no mask`: the same shape without the padding mask (causal attention's fast kernels);
@@ -154,8 +155,8 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
         real, flops)
     shares = scorer.share_prefix  # the product's choice for this device (rerank/mxbai.py); then the other one
     scorer.share_prefix = not shares
-    row(f"score_encoded, prefix {'not ' if shares else ''}shared (kept from the warm-ups)",
-        timed(lambda: scorer.score_encoded(pairs), device, args.repeats), real, flops)
+    other = "prefix not shared" if shares else "prefix shared (kept from the warm-ups)"
+    row(f"score_encoded, {other}", timed(lambda: scorer.score_encoded(pairs), device, args.repeats), real, flops)
     scorer.share_prefix = shares
     row("forward, padded + mask", timed(forward(padded), device, args.repeats), real, flops)
     row("forward, full width, no mask", timed(forward({"input_ids": padded["input_ids"]}), device, args.repeats),

@@ -176,7 +176,7 @@ class MxbaiV2Scorer(TransformersScorer[Prompt]):
         """One right-padded batch after the rows' shared prefix (see the module's docstring); each row's score is read
         at its last token."""
         prefix = self._shared_prefix(prompts)
-        tails = [prompt.ids[len(prefix) :] for prompt in prompts]
+        tails = [prompt.ids[len(prefix) :] for prompt in prompts] if prefix else [prompt.ids for prompt in prompts]
         width = -(-max(map(len, tails)) // PAD_MULTIPLE) * PAD_MULTIPLE
         input_ids = torch.full((len(tails), width), self.pad_id, dtype=torch.long)
         for i, tail in enumerate(tails):
