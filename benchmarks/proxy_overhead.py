@@ -1,6 +1,7 @@
 """What the proxy costs: latency and throughput against the cluster directly vs through rerank-proxy.
 
     python benchmarks/proxy_overhead.py --upstream http://127.0.0.1:9200 --proxy http://127.0.0.1:9201
+    python benchmarks/proxy_overhead.py --upstream http://127.0.0.1:9200 --serve-proxy config.yaml --nginx --haproxy
 
 Cases, each at every `--concurrency`:
   get     `GET /{index}/_doc/{id}`: pure pass-through
@@ -11,6 +12,13 @@ The proxy must rerank the index with window 50: the shipped config.yaml does for
 (`defaults.window: 50`), which covers `bench-scifact`. Without `--index` the script creates `bench-scifact` and loads
 SciFact into it, directly into the cluster, unless it is already there.
 
+Reference arms: `--nginx` and `--haproxy` start nginx and HAProxy from the Debian packages in front of the same
+cluster (benchmarks/anchors.py: one worker each, upstream keep-alive, no access log) and add them beside the proxy in
+the get and search cases, so the table shows what a general-purpose proxy costs next to what rerank-proxy costs.
+`--serve-proxy CONFIG` starts `rerank-proxy serve` itself on a free port instead of `--proxy`. Each arm's CPU per
+request is that of its process and all its descendants (the direct arm's is the cluster's), when its process can be
+found (`ss`, same user); the goal for rerank-proxy (issue 16) is at most 2x nginx's CPU and 0.7x direct throughput.
+
 Load: a fixed number of workers per cell, each sending one request at a time on keep-alive connections until the
 cell's time is up (or `--max-requests`). A cell's time is split into rounds run in ABBA order across its arms (direct,
 proxy, ...), so slow drifts on a shared machine hit both sides alike. Loopback URLs only. The markdown table goes to
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -27,6 +36,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -35,6 +45,11 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks.anchors` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import anchors  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
@@ -59,6 +74,8 @@ class Arm:
     base_url: str
     headers: dict[str, str] = field(default_factory=dict)
     uses_model: bool = False  # leaves model work behind: wait for the proxy's model queue to empty after it
+    pid: int | None = None  # root of the process tree whose CPU is charged to this arm; None: not measured
+    kind: str = "proxy"  # direct, nginx, haproxy or proxy
 
 
 @dataclass
@@ -69,6 +86,7 @@ class Stats:
     errors: int = 0
     elapsed_s: float = 0.0
     statuses: Counter[str] = field(default_factory=Counter)  # X-Rerank-Status values seen
+    cpu_s: float = math.nan  # CPU time of the arm's process tree while it ran (NaN: not measured)
 
     def percentile(self, q: float) -> float:
         """Nearest-rank percentile (q in 0..100) of the successful requests' latencies."""
@@ -76,6 +94,13 @@ class Stats:
             return math.nan
         ordered = sorted(self.latencies_ms)
         return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_s / len(self.latencies_ms) * 1e6 if self.latencies_ms else math.nan
+
+    def add_cpu(self, seconds: float) -> None:
+        self.cpu_s = seconds if math.isnan(self.cpu_s) else self.cpu_s + seconds
 
     @property
     def throughput(self) -> float:
@@ -96,10 +121,12 @@ Drain = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Row:
-    case: str
+    case: str  # the arm's label
     concurrency: int
     direct: Stats
-    proxy: Stats
+    proxy: Stats  # the arm's stats (a reference relay's too)
+    group: str = ""  # the case the arm belongs to (get, search, rerank)
+    kind: str = "proxy"
 
 
 # ---- request generation -----------------------------------------------------------------------------------------
@@ -198,6 +225,10 @@ async def run_arm(
     return last
 
 
+def _cpu(arm: Arm) -> float:
+    return anchors.tree_cpu_seconds(arm.pid) if arm.pid is not None else math.nan
+
+
 async def run_case(
     case: Case,
     concurrency: int,
@@ -229,13 +260,16 @@ async def run_case(
                 order.reverse()
             for a in order:
                 arm = case.arms[a]
+                cpu_before = _cpu(arm)
                 position[a] = await run_arm(
                     sessions[a], arm, case.calls, concurrency, per_round, budget, position[a], stats[a]
                 )
                 if arm.uses_model:
                     # Searches that fell back at their deadline may still hold the model (a running batch is not
-                    # interrupted); that CPU must not be charged to the next arm.
+                    # interrupted); that CPU must not be charged to the next arm (it is charged to this one).
                     await drain()
+                if arm.pid is not None:
+                    stats[a].add_cpu(_cpu(arm) - cpu_before)
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
     return stats
@@ -385,18 +419,28 @@ def _loadavg() -> str:
         return "n/a"
 
 
+def _cpu_us(stats: Stats) -> str:
+    value = stats.cpu_us_per_request
+    return "n/a" if math.isnan(value) else f"{value:.0f}"
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
+    """One row per arm and concurrency against its case's direct arm; CPU also against nginx's in the same case."""
+    nginx = {(row.group, row.concurrency): row.proxy for row in rows if row.kind == "nginx"}
     head = (
-        "| case | conc | direct p50 ms | direct p99 ms | direct req/s | proxy p50 ms | proxy p99 ms | proxy req/s "
-        "| p50 ratio | thr ratio | n d/p | errors d/p | proxy X-Rerank-Status |"
+        "| case | conc | direct p50 ms | direct p99 ms | direct req/s | arm p50 ms | arm p99 ms | arm req/s "
+        "| p50 ratio | thr ratio | CPU µs/req d/arm | CPU vs nginx | n d/arm | errors d/arm | arm X-Rerank-Status |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for row in rows:
         d, p = row.direct, row.proxy
+        reference = nginx.get((row.group, row.concurrency))
+        cpu_vs = _ratio(p.cpu_us_per_request, reference.cpu_us_per_request) if reference else "n/a"
         lines.append(
             f"| {row.case} | {row.concurrency} | {_ms(d.percentile(50))} | {_ms(d.percentile(99))} | "
             f"{_rate(d.throughput)} | {_ms(p.percentile(50))} | {_ms(p.percentile(99))} | {_rate(p.throughput)} | "
             f"{_ratio(p.percentile(50), d.percentile(50))} | {_ratio(p.throughput, d.throughput)} | "
+            f"{_cpu_us(d)}/{_cpu_us(p)} | {cpu_vs} | "
             f"{len(d.latencies_ms)}/{len(p.latencies_ms)} | {d.errors}/{p.errors} | {percent_mix(p.statuses) or '-'} |"
         )
     return "\n".join(lines)
@@ -408,7 +452,11 @@ def markdown_table(rows: Sequence[Row]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", required=True, help="the cluster, e.g. http://127.0.0.1:9200")
-    parser.add_argument("--proxy", required=True, help="rerank-proxy in front of that same cluster")
+    parser.add_argument("--proxy", help="rerank-proxy in front of that same cluster")
+    parser.add_argument("--serve-proxy", type=Path, metavar="CONFIG",
+                        help="instead of --proxy: start `rerank-proxy serve --config CONFIG` on a free port")
+    parser.add_argument("--nginx", action="store_true", help="add nginx (Debian package) as a reference arm")
+    parser.add_argument("--haproxy", action="store_true", help="add HAProxy (Debian package) as a reference arm")
     parser.add_argument("--index", help=f"an existing index to use; default: create and load {DEFAULT_INDEX}")
     parser.add_argument("--field", default="text", help="field the match query searches (default: text)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR SciFact folder (corpus, queries)")
@@ -428,7 +476,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, default)
     args.upstream = check_loopback(args.upstream, "upstream")
-    args.proxy = check_loopback(args.proxy, "proxy")
+    if (args.proxy is None) == (args.serve_proxy is None):
+        parser.error("pass exactly one of --proxy URL and --serve-proxy CONFIG")
+    if args.proxy is not None:
+        args.proxy = check_loopback(args.proxy, "proxy")
     try:
         args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:
@@ -446,7 +497,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def main_async(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Relay:
+    """Something in front of the cluster: rerank-proxy or a reference relay."""
+
+    label: str
+    url: str
+    pid: int | None  # None: its process could not be found, so its CPU is not measured
+    kind: str
+
+
+def _pid_of(url: str) -> int | None:
+    port = urlsplit(url).port
+    return anchors.listening_pid(port) if port else None
+
+
+def start_relays(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack) -> tuple[Relay, list[Relay]]:
+    """The proxy (started when `--serve-proxy`) and the reference relays asked for; `stack` stops what it started."""
+    if args.serve_proxy is not None:
+        launched = anchors.start_rerank_proxy(args.serve_proxy, args.upstream, workdir)
+        stack.callback(launched.stop)
+        proxy = Relay("rerank-proxy", launched.url, launched.process.pid, "proxy")
+    else:
+        proxy = Relay("rerank-proxy", args.proxy, _pid_of(args.proxy), "proxy")
+    references = []
+    for kind, start in (("nginx", anchors.start_nginx), ("haproxy", anchors.start_haproxy)):
+        if not getattr(args, kind):
+            continue
+        binary = anchors.find_binary(kind)
+        if binary is None:
+            raise SystemExit(f"--{kind}: {kind} is not installed (Debian package `{kind}`)")
+        relay = start(binary, args.upstream, workdir)
+        stack.callback(relay.stop)
+        references.append(Relay(anchors.binary_version(binary), relay.url, relay.process.pid, kind))
+    return proxy, references
+
+
+def reference_arms(references: Sequence[Relay], case: str, headers: dict[str, str]) -> list[Arm]:
+    return [Arm(f"{case} ({r.label})", r.url, headers, pid=r.pid, kind=r.kind) for r in references]
+
+
+async def main_async(args: argparse.Namespace, proxy: Relay, references: Sequence[Relay]) -> int:
     index = args.index or DEFAULT_INDEX
     queries = [q["text"] for q in read_jsonl(args.data / "queries.jsonl")]
     random.Random(args.seed).shuffle(queries)
@@ -460,15 +551,20 @@ async def main_async(args: argparse.Namespace) -> int:
     if not status.startswith("reranked"):
         print(f"warning: the proxy answered X-Rerank-Status: {status} to a reranked search", file=sys.stderr)
 
-    direct = Arm("direct", args.upstream)
+    direct = Arm("direct", args.upstream, pid=_pid_of(args.upstream), kind="direct")
     cases = []
     if "get" in args.cases:
-        cases.append(Case("get", get_calls(index, ids), [direct, Arm("get (pass-through)", args.proxy)]))
+        arms = [direct, Arm("get (pass-through)", args.proxy, pid=proxy.pid), *reference_arms(references, "get", {})]
+        cases.append(Case("get", get_calls(index, ids), arms))
     if "search" in args.cases:
-        cases.append(Case("search", searches, [direct, Arm("search (X-Rerank: off)", args.proxy, {"X-Rerank": "off"})]))
+        off = {"X-Rerank": "off"}  # the reference relays forward it; the cluster ignores it
+        arms = [direct, Arm("search (X-Rerank: off)", args.proxy, off, pid=proxy.pid),
+                *reference_arms(references, "search", off)]
+        cases.append(Case("search", searches, arms))
     if "rerank" in args.cases:
         # Its own direct baseline, interleaved with it: the other cases stay free of the model's CPU load.
-        rerank = Arm("rerank (X-Rerank: on, window 50)", args.proxy, {"X-Rerank": "on"}, uses_model=True)
+        rerank = Arm("rerank (X-Rerank: on, window 50)", args.proxy, {"X-Rerank": "on"}, uses_model=True,
+                     pid=proxy.pid)
         cases.append(Case("rerank", searches, [direct, rerank]))
 
     rows: list[Row] = []
@@ -488,7 +584,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 stats = await run_case(
                     case, concurrency, args.duration, args.warmup, args.rounds, args.max_requests, args.timeout, drain
                 )
-                rows += [Row(arm.label, concurrency, stats[0], s) for arm, s in zip(case.arms[1:], stats[1:])]
+                rows += [Row(arm.label, concurrency, stats[0], s, case.name, arm.kind)
+                         for arm, s in zip(case.arms[1:], stats[1:])]
     labels = [arm.label for case in cases for arm in case.arms[1:]]
     rows.sort(key=lambda r: (labels.index(r.case), r.concurrency))
     print(
@@ -499,8 +596,11 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     print(markdown_table(rows))
     print(
-        "\nratios: proxy p50 / direct p50 and proxy req/s / direct req/s; the rerank rows compare with the same direct "
-        "search, measured interleaved with them. Latency percentiles cover successful (HTTP 200) requests only. "
+        "\nratios: arm p50 / direct p50 and arm req/s / direct req/s; the rerank rows compare with the same direct "
+        "search, measured interleaved with them. CPU µs/req: user + system time of each side's process tree per "
+        "successful request (direct: the cluster's; a reranked arm's includes its model work, drained after each "
+        "round); CPU vs nginx: the arm's CPU per request over nginx's in the same case (goal for rerank-proxy: at "
+        "most 2x; thr ratio at least 0.7). Latency percentiles cover successful (HTTP 200) requests only. "
         "A model that caches per document (the bi-encoder) speeds up as a proxy process sees more documents: start "
         "a fresh proxy for cold numbers."
     )
@@ -508,7 +608,11 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return asyncio.run(main_async(parse_args(argv)))
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="proxy-overhead-") as scratch, contextlib.ExitStack() as stack:
+        proxy, references = start_relays(args, Path(scratch), stack)
+        args.proxy = proxy.url
+        return asyncio.run(main_async(args, proxy, references))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -20,6 +21,10 @@ async def _serve(config_path: Path, listen: str | None, upstreams: list[str] | N
     overrides = {"listen": listen, "upstreams": upstreams}
     config = load_config(config_path).with_overrides(**overrides)
     server, runner, url = await start_server(config, config_path, overrides)
+    # Models leave millions of long-lived objects behind; frozen, the collector stops re-scanning them while it
+    # collects each request's short-lived garbage.
+    gc.collect()
+    gc.freeze()
     server.install_sighup()
     logging.getLogger("rerank-proxy").info(
         "serving on %s -> %s (models: %s)", url, ", ".join(config.upstreams), server.state.engine.states()

@@ -104,9 +104,12 @@ class UpstreamTLS(_Strict):
 
 class UpstreamOptions(_Strict):
     tls: UpstreamTLS = UpstreamTLS()
-    connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float | None = Field(None, gt=0, description="none: as long as the cluster takes")
-    pool_size: int = Field(256, gt=0, description="keep-alive connections to the cluster")
+    connect_timeout_s: float = Field(5.0, gt=0, description="a node that accepts no connection within: the next")
+    # Generous: a proxy must not cut off a slow `_forcemerge` or a big aggregation the client is still waiting for;
+    # a client that gives up first hangs up, and its upstream request is cancelled then.
+    response_timeout_s: float = Field(300.0, gt=0, description="from request sent to the answer's head: else 504")
+    idle_timeout_s: float = Field(60.0, gt=0, description="longest pause inside an answer's body: else cut off")
+    pool_size: int = Field(256, gt=0, description="connections open to each cluster URL at most (others wait)")
     retry_down_after_s: float = Field(5.0, ge=0, description="how long a failed upstream is tried last")
     alias_cache_ttl_s: float = Field(60.0, ge=0)
 

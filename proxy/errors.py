@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import orjson
-from aiohttp import web
+
+from .wire import Reply, json_reply
 
 
 def es_error_body(status: int, error_type: str, reason: str) -> bytes:
@@ -10,7 +11,5 @@ def es_error_body(status: int, error_type: str, reason: str) -> bytes:
     return orjson.dumps({"error": {"root_cause": [cause], **cause}, "status": status})
 
 
-def es_error(status: int, error_type: str, reason: str) -> web.Response:
-    return web.Response(
-        status=status, body=es_error_body(status, error_type, reason), content_type="application/json"
-    )
+def es_error_reply(status: int, error_type: str, reason: str) -> Reply:
+    return json_reply(status, es_error_body(status, error_type, reason))

@@ -11,6 +11,7 @@ class Kind(enum.Enum):
     MSEARCH = "msearch"
     SEARCH_TEMPLATE = "search_template"
     MSEARCH_TEMPLATE = "msearch_template"
+    ADMIN = "admin"  # the proxy's own endpoints, under /_rerank_proxy/
     PASSTHROUGH = "passthrough"
 
 
@@ -30,6 +31,7 @@ class Route:
 
 
 PASSTHROUGH = Route(Kind.PASSTHROUGH)
+ADMIN = Route(Kind.ADMIN)
 
 
 def classify(method: str, path: str) -> Route:

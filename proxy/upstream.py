@@ -1,114 +1,583 @@
-"""The connection pool to the cluster: keep-alive, TLS, and failover to the next URL on connection errors.
+"""Connections to the cluster: a keep-alive pool of raw HTTP/1.1 connections (llhttp via httptools), failover to
+the next URL, timeouts, and a connection reused only after a complete, clean exchange.
 
-Bodies are never decompressed here (`auto_decompress=False`): what the cluster sends is what the client gets.
+An exchange writes the request head as given (the relay already kept the client's bytes) and hands the response
+to a sink as it arrives, so a pass-through response streams without being copied into Python objects twice. The
+search path uses `fetch`, which collects the whole response.
 """
 from __future__ import annotations
 
+import asyncio
+import base64
 import ssl
 import time
-from collections.abc import AsyncIterable, Mapping
-from typing import Any
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
-import aiohttp
-from multidict import CIMultiDict
+import httptools
 
 from .config import Config, UpstreamOptions
-
-# Per-connection headers (RFC 9110 7.6.1) are not forwarded in either direction; the rest is.
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
-        "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Host",
-    )
-)
+from .wire import Head, header_line
 
 
-class UpstreamUnavailable(ConnectionError):
+# Answers after which the cluster may have stopped reading the connection properly: Elasticsearch answers a too-long
+# header with a well-framed 400 and then ignores that socket. The wire cannot tell that 400 from a query error's, so
+# no connection is reused after any of these (a reconnect costs less than one stalled client).
+_REFUSALS = frozenset({400, 408, 413, 414, 431})
+
+
+class UpstreamError(Exception):
+    """The cluster could not be asked or did not answer properly; `status`/`error_type` say how to tell the client."""
+
+    status = 502
+    error_type = "rerank_proxy_upstream_exception"
+
+
+class UpstreamUnavailable(UpstreamError):
     """No upstream URL accepted the connection."""
 
-
-def forwardable(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    """Request/response headers minus the hop-by-hop ones (and those named in `Connection`), order kept.
-
-    Copies whole and deletes the few that are present: on every request and response, cheaper than testing each
-    header's name in Python."""
-    copy = CIMultiDict(headers)
-    connection = copy.get("Connection")
-    if connection is not None:
-        for name in connection.split(","):
-            copy.popall(name.strip(), None)
-    for name in HOP_BY_HOP:
-        if name in copy:
-            del copy[name]
-    return copy
+    error_type = "rerank_proxy_upstream_unavailable_exception"
 
 
-def _ssl_context(options: UpstreamOptions) -> ssl.SSLContext | bool:
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    error_type = "rerank_proxy_upstream_timeout_exception"
+
+
+class Sink(Protocol):
+    """Where a response goes as it arrives; called on the event loop, in order, never after `end`."""
+
+    def head(self, exchange: Exchange) -> None:
+        """The response head has arrived: `exchange.status`, `.reason`, `.head`."""
+
+    def body(self, chunk: bytes) -> None: ...
+
+    def read_done(self) -> None:
+        """One read of the cluster's socket has been parsed: a chance to write what it delivered in one go."""
+
+
+class RequestBody(Protocol):
+    """A request body that arrives while the exchange runs (the relay's client stream)."""
+
+    def attach(self, exchange: Exchange) -> None:
+        """Write what has arrived to `exchange` now and the rest as it comes, then `exchange.end_body()`."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+    host_header: bytes
+    authorization: bytes | None  # from credentials in the URL, sent when the client sends none
+    redacted: str  # the URL without its credentials: the only form that is logged or shown
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = parts.hostname or "127.0.0.1"
+        netloc = f"[{host}]" if ":" in host else host
+        netloc += f":{parts.port}" if parts.port else ""
+        auth = None
+        if parts.username is not None:
+            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            auth = b"Basic " + base64.b64encode(token)
+        return cls(parts.scheme, host, port, netloc.encode(), auth, f"{parts.scheme}://{netloc}{parts.path}")
+
+
+def redact(url: str) -> str:
+    return Endpoint.parse(url).redacted
+
+
+def ssl_context(options: UpstreamOptions) -> ssl.SSLContext:
     tls = options.tls
-    if not tls.verify:
-        return False
-    if tls.ca_file is None and tls.client_cert is None:
-        return True
     context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     if tls.client_cert:
         context.load_cert_chain(str(tls.client_cert), str(tls.client_key) if tls.client_key else None)
     return context
 
 
+class Exchange:
+    """One request and its response on one connection. `done` resolves when the response has ended."""
+
+    __slots__ = (
+        "conn", "sink", "head_only", "done", "head", "reason", "status", "request_sent",
+        "response_started", "chunked_body", "timed_out", "_until_close",
+    )
+
+    def __init__(self, conn: _Connection, sink: Sink, head_only: bool, chunked_body: bool):
+        self.conn = conn
+        self.sink = sink
+        self.head_only = head_only
+        self.chunked_body = chunked_body
+        self.done: asyncio.Future[None] = conn.loop.create_future()
+        self.head = Head()
+        self.reason = b""
+        self.status = 0
+        self.request_sent = False
+        self.response_started = False
+        self.timed_out = False
+        self._until_close = False
+
+    # -- request body, written by the caller or by an attached client stream --
+
+    def write_body(self, chunk: bytes) -> None:
+        if not chunk or self.done.done():
+            return
+        if self.chunked_body:
+            self.conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            self.conn.write(chunk)
+
+    def end_body(self) -> None:
+        if self.chunked_body and not self.done.done():
+            self.conn.write(b"0\r\n\r\n")
+        self.request_sent = True
+
+    def pause_body(self) -> bool:
+        """Whether the upstream socket is backed up (the client stream then stops reading until `resumed`)."""
+        return self.conn.write_paused
+
+    async def resumed(self) -> None:
+        await self.conn.drained()
+
+    def pause_reading(self) -> None:
+        """The client cannot take the answer as fast as the cluster sends it: stop reading the cluster."""
+        if self.conn.transport is not None and self.conn.alive:
+            self.conn.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.conn.transport is not None and self.conn.alive:
+            self.conn.transport.resume_reading()
+
+    # -- response, driven by the connection's parser --
+
+    def on_head(self, status: int, keep_alive: bool, has_length: bool) -> None:
+        self.status = status
+        self.response_started = True
+        self.conn.reusable = keep_alive and status not in _REFUSALS
+        self._until_close = not has_length and not self.head_only and status not in (204, 304)
+        if self.head.connection:
+            self.head.finish()
+        self.sink.head(self)
+
+    def complete(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def fail(self, error: Exception) -> None:
+        self.timed_out = self.timed_out or isinstance(error, UpstreamTimeout)
+        if not self.done.done():
+            self.done.set_exception(error)
+
+    def lost(self, exc: Exception | None) -> None:
+        if self._until_close and self.response_started:  # a body framed by the connection's end has ended
+            self.complete()
+        elif not self.response_started:
+            self.fail(UpstreamError(f"the cluster closed the connection before answering ({exc or 'EOF'})"))
+        else:
+            self.fail(UpstreamError(f"the cluster closed the connection in the middle of its answer ({exc or 'EOF'})"))
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to an upstream; its parser feeds the current exchange's sink."""
+
+    def __init__(self, pool: _Pool):
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.reusable = False
+        self.alive = True
+        self.write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        self._limit = (0.0, "")
+        self._timeout_error: UpstreamTimeout | None = None
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:  # bytes nobody asked for: the connection is out of step, never reuse it
+            self.abort()
+            return
+        self._touch()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            exchange.fail(UpstreamError(f"the cluster's answer is not valid HTTP: {err}"))
+            self.abort()
+            return
+        if exchange.response_started:
+            exchange.sink.read_done()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        self._cancel_timer()
+        self.pool.forget(self)
+        if self.exchange is not None:
+            if self._timeout_error is not None:
+                self.exchange.fail(self._timeout_error)
+            self.exchange.lost(exc)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- parser callbacks (httptools) --
+
+    def on_status(self, reason: bytes) -> None:
+        self.exchange.reason += reason  # type: ignore[union-attr]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.exchange.head.add(name, value)  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        exchange = self.exchange
+        assert exchange is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (the relay never asks for one): wait for the final one
+            exchange.head, exchange.reason = Head(), b""
+            return
+        head = exchange.head
+        has_length = head.content_length is not None or head.chunked
+        self._arm(self.pool.options.idle_timeout_s, "sent nothing more of its answer for")
+        exchange.on_head(status, self.parser.should_keep_alive(), has_length)
+        if exchange.head_only:
+            # llhttp cannot be told a response answers a HEAD: it would wait for the Content-Length's bytes.
+            self.parser = httptools.HttpResponseParser(self)
+            self._finish()
+
+    def on_body(self, chunk: bytes) -> None:
+        self.exchange.sink.body(chunk)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None and self.exchange.response_started:
+            self._finish()
+
+    # -- the exchange's side --
+
+    def start(self, exchange: Exchange, request_head: bytes) -> None:
+        self.exchange = exchange
+        self.reusable = False
+        self._timeout_error = None
+        self._arm(self.pool.options.response_timeout_s, "did not answer within")
+        self.write(request_head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and self.alive:
+            self.transport.write(data)
+
+    async def drained(self) -> None:
+        if self.write_paused and self.alive:
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    def abort(self) -> None:
+        self.reusable = False
+        self.alive = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _finish(self) -> None:
+        exchange = self.exchange
+        self._cancel_timer()
+        if exchange is not None:
+            exchange.complete()
+
+    # -- timeouts: a deadline per connection, checked by the pool's sweep (no timer handle per request) --
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._deadline = self.loop.time() + seconds
+        self._limit = (seconds, what)
+        self.pool.watch(self)
+
+    def _touch(self) -> None:
+        if self.exchange is not None and self.exchange.response_started:
+            self._deadline = self.loop.time() + self.pool.options.idle_timeout_s
+
+    def _cancel_timer(self) -> None:
+        self.pool.unwatch(self)
+
+    def expire_if_due(self, now: float) -> None:
+        if now < self._deadline:
+            return
+        seconds, what = self._limit
+        self._timeout_error = UpstreamTimeout(f"the cluster {what} {seconds:g}s")
+        if self.exchange is not None:
+            self.exchange.fail(self._timeout_error)
+        self.abort()
+
+
+class _Pool:
+    """Connections to one URL: idle ones kept for reuse, at most `pool_size` open at once (others wait)."""
+
+    def __init__(self, endpoint: Endpoint, options: UpstreamOptions, tls: ssl.SSLContext | None):
+        self.endpoint = endpoint
+        self.options = options
+        self.tls = tls
+        self.loop = asyncio.get_running_loop()
+        self.idle: deque[_Connection] = deque()
+        self.open = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.down_until = 0.0
+        self.busy: set[_Connection] = set()  # connections with an exchange under a deadline
+        self._sweep: asyncio.TimerHandle | None = None
+
+    # Deadlines are checked this often, so a timeout fires up to this late: cheaper than a timer per request.
+    SWEEP_S = 0.1
+
+    def watch(self, conn: _Connection) -> None:
+        self.busy.add(conn)
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(self.SWEEP_S, self._check_deadlines)
+
+    def unwatch(self, conn: _Connection) -> None:
+        self.busy.discard(conn)
+
+    def _check_deadlines(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.busy):
+            conn.expire_if_due(now)
+        self._sweep = self.loop.call_later(self.SWEEP_S, self._check_deadlines) if self.busy else None
+
+    def take_idle(self) -> _Connection | None:
+        while self.idle:
+            conn = self.idle.pop()  # the most recently used: the least likely to have been closed by the cluster
+            if conn.alive:
+                return conn
+        return None
+
+    async def connect(self) -> _Connection:
+        while self.open >= self.options.pool_size:
+            waiter = self.loop.create_future()
+            self.waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+            reused = self.take_idle()
+            if reused is not None:
+                return reused
+        self.open += 1
+        try:
+            async with asyncio.timeout(self.options.connect_timeout_s):
+                _, conn = await self.loop.create_connection(
+                    lambda: _Connection(self), self.endpoint.host, self.endpoint.port, ssl=self.tls,
+                    server_hostname=self.endpoint.host if self.tls else None,
+                )
+        except BaseException:
+            self.open -= 1
+            self._wake()
+            raise
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        """After an exchange: kept only if it ended cleanly and both sides said keep-alive."""
+        conn.exchange = None
+        if conn.alive and conn.reusable:
+            self.idle.append(conn)
+            self._wake()
+        else:
+            conn.abort()  # `forget` frees its slot once the transport is gone
+
+    def forget(self, conn: _Connection) -> None:
+        self.open -= 1
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for conn in list(self.idle):
+            conn.abort()
+        self.idle.clear()
+
+
+@dataclass
+class Collected:
+    """A whole response, as `fetch` returns it."""
+
+    status: int
+    reason: bytes
+    head: Head
+    body: bytes
+
+
+class _Collector:
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.status = 0
+        self.reason = b""
+        self.head_ = Head()
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def head(self, exchange: Exchange) -> None:
+        self.status, self.reason, self.head_ = exchange.status, exchange.reason, exchange.head
+
+    def read_done(self) -> None:
+        pass
+
+    def body(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise UpstreamError(f"the cluster's answer is larger than {self.limit} bytes")
+        self.chunks.append(chunk)
+
+
 class Upstream:
+    """The configured cluster URLs, tried in order; a URL that refused a connection is tried last for a while."""
+
     def __init__(self, config: Config):
         options = config.upstream
-        self.urls = list(config.upstreams)
-        self._down_until = [0.0] * len(self.urls)
-        self._all = list(range(len(self.urls)))
-        self._retry_after = options.retry_down_after_s
-        connector = aiohttp.TCPConnector(limit=options.pool_size, ssl=_ssl_context(options), ttl_dns_cache=60)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type", "Accept"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=options.connect_timeout_s, sock_read=options.read_timeout_s
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self.options = options
+        endpoints = [Endpoint.parse(url) for url in config.upstreams]
+        self.urls = [e.redacted for e in endpoints]
+        tls = ssl_context(options) if any(e.scheme == "https" for e in endpoints) else None
+        self._pools = [_Pool(e, options, tls if e.scheme == "https" else None) for e in endpoints]
 
-    def _order(self) -> list[int]:
+    def _order(self) -> Sequence[_Pool]:
         """Healthy URLs first (in configured order), then the ones that failed recently."""
-        if not any(self._down_until):  # the usual case: nothing failed, no clock read, no sort
-            return self._all
+        pools = self._pools
+        if len(pools) == 1 or not any(p.down_until for p in pools):
+            return pools
         now = time.monotonic()
-        return sorted(self._all, key=lambda i: self._down_until[i] > now)
+        return sorted(pools, key=lambda p: p.down_until > now)
 
-    async def request(
-        self,
-        method: str,
-        path_qs: str,
-        headers: Mapping[str, str],
-        body: bytes | AsyncIterable[bytes] | aiohttp.StreamReader | None,
-    ) -> aiohttp.ClientResponse:
-        """Send to the first URL that connects. A streamed body can still fail over: it is only read once connected."""
+    async def _connection(self, fresh: bool) -> tuple[_Connection, bool]:
+        """A connection and whether it comes from the idle pool (and so may have been closed meanwhile)."""
         errors = []
-        for i in self._order():
+        for pool in self._order():
+            conn = None if fresh else pool.take_idle()
+            if conn is not None:
+                return conn, True
             try:
-                response = await self.session.request(
-                    method, self.urls[i] + path_qs, headers=headers, data=body, allow_redirects=False
-                )
-            except aiohttp.ClientConnectorError as err:
-                self._down_until[i] = time.monotonic() + self._retry_after
-                errors.append(f"{self.urls[i]}: {err.os_error.strerror or err}")
+                conn = await pool.connect()
+            except (OSError, TimeoutError) as err:
+                pool.down_until = time.monotonic() + self.options.retry_down_after_s
+                reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+                errors.append(f"{pool.endpoint.redacted}: {reason}")
                 continue
-            self._down_until[i] = 0.0
-            return response
+            pool.down_until = 0.0
+            return conn, False
+        if errors and all(e.endswith("timed out") for e in errors):
+            raise UpstreamTimeout("no cluster node accepted a connection within "
+                                  f"{self.options.connect_timeout_s:g}s: " + "; ".join(errors))
         raise UpstreamUnavailable("; ".join(errors))
 
-    async def get_json(self, path_qs: str) -> Any:
-        response = await self.request("GET", path_qs, {"Accept": "application/json"}, None)
-        async with response:
-            if response.status != 200:
-                return None
-            return await response.json(content_type=None)
+    async def exchange(
+        self,
+        method: str,
+        target: bytes,
+        lines: Sequence[bytes],
+        body: bytes | RequestBody | None,
+        sink: Sink,
+        *,
+        length: int | None = None,
+        authorized: bool = False,
+    ) -> None:
+        """Sends one request and feeds its response to `sink`; returns once the response has ended.
+
+        `lines` are the forwardable header lines; framing is added here: `length` for a body of known size (bytes
+        always have one), else a streamed body goes chunked. `authorized`: the client sent its own `Authorization`,
+        so credentials from the URL are not added. A pooled connection that turns out closed is retried once on a
+        new one, when nothing was answered and the body can be sent again."""
+        if isinstance(body, bytes):
+            length = len(body) if body or length is not None else None
+        conn, reused = await self._connection(fresh=False)
+        while True:
+            chunked = body is not None and not isinstance(body, bytes) and length is None
+            exchange = Exchange(conn, sink, method == "HEAD", chunked_body=chunked)
+            head = self._request_head(conn.pool.endpoint, method, target, lines, length, chunked, authorized)
+            if body is None or isinstance(body, bytes):
+                conn.start(exchange, head + body if body else head)  # one write, one send()
+                exchange.request_sent = True
+            else:
+                conn.start(exchange, head)
+                body.attach(exchange)
+            try:
+                await exchange.done
+            except UpstreamError:
+                conn.abort()
+                conn.pool.release(conn)
+                replayable = body is None or isinstance(body, bytes)
+                if reused and replayable and not exchange.response_started and not exchange.timed_out:
+                    conn, reused = await self._connection(fresh=True)
+                    continue
+                raise
+            except BaseException:  # cancelled: the client went away; the cluster's answer has nobody to go to
+                conn.abort()
+                conn.pool.release(conn)
+                raise
+            if not exchange.request_sent:  # answered before the body was all sent: the connection is out of step
+                conn.reusable = False
+            conn.pool.release(conn)
+            return
+
+    @staticmethod
+    def _request_head(
+        endpoint: Endpoint, method: str, target: bytes, lines: Sequence[bytes], length: int | None, chunked: bool,
+        authorized: bool,
+    ) -> bytes:
+        parts = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target, endpoint.host_header), *lines]
+        if endpoint.authorization is not None and not authorized:
+            parts.append(header_line(b"authorization", endpoint.authorization))
+        if length is not None:
+            parts.append(b"content-length: %d\r\n" % length)
+        elif chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    async def fetch(
+        self,
+        method: str,
+        target: bytes,
+        lines: Sequence[bytes],
+        body: bytes | None,
+        *,
+        authorized: bool = False,
+        limit: int = 1 << 30,
+    ) -> Collected:
+        collector = _Collector(limit)
+        await self.exchange(method, target, lines, body, collector, authorized=authorized)
+        return Collected(collector.status, collector.reason, collector.head_, b"".join(collector.chunks))
+
+    async def get_json_bytes(self, target: bytes) -> bytes | None:
+        reply = await self.fetch("GET", target, [b"accept: application/json\r\n"], None)
+        return reply.body if reply.status == 200 else None
 
     async def close(self) -> None:
-        await self.session.close()
+        for pool in self._pools:
+            pool.close()

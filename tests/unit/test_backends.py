@@ -107,7 +107,7 @@ def test_cross_encoder_cuts_document_past_max_length(tiny_ce_dir: Path) -> None:
     short_query, long_query = QUERIES[0], " ".join(SENTENCES[4:8])
 
     same = scorer.score(short_query, [long_doc, long_doc + " " + SENTENCES[9]])
-    assert same[0] == pytest.approx(same[1], abs=1e-9)
+    assert same[0] == pytest.approx(same[1], abs=1e-6)  # batch rows may differ in the last float32 bits
     assert len(scorer.score(long_query, [long_doc])) == 1  # a query longer than the budget still scores
 
 

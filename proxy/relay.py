@@ -1,0 +1,510 @@
+"""The data port: HTTP/1.1 from clients, parsed by llhttp (httptools), relayed to the cluster byte for byte.
+
+Each client connection is an asyncio protocol with one worker task that serves its requests in order (pipelined
+ones wait their turn). A request the application does not claim (everything but searches and the proxy's own
+paths) is passed through: its head goes upstream as the client sent it, less the hop-by-hop headers, its body
+streams both ways with back-pressure, and the cluster's response streams back the same way. A claimed request is
+read whole and answered by the application, which may still ask for it to be passed through (a skipped search).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httptools
+
+from .errors import es_error_reply
+from .upstream import Exchange, Upstream, UpstreamError
+from .wire import Head, Reply, RequestHead
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 256 * 1024  # the clusters stop at 16 KB (`http.max_header_size`): theirs is the answer below this
+MAX_TARGET_BYTES = 64 * 1024  # and at 4 KB for the request line (`http.max_initial_line_length`)
+BUFFERED_BODY = 1 << 20  # client body bytes held before reading from the client pauses
+MAX_QUEUED = 32  # pipelined requests held before reading from the client pauses
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_COALESCE = 64 * 1024  # a response head waits for a body up to this size, to go out with it
+_HOLD_S = 0.002  # how long the start of a chunked answer may wait for its end
+
+
+@dataclass(frozen=True)
+class PassThrough:
+    """The application's answer that says: send it to the cluster after all, with this body (None: the client's,
+    as it streams) and these extra response headers."""
+
+    body: bytes | None
+    extra_lines: Sequence[bytes] = ()
+
+
+class Application(Protocol):
+    """What the relay serves: which requests it must not just pass through, and how it answers them."""
+
+    @property
+    def upstream(self) -> Upstream: ...
+
+    def claims(self, head: RequestHead) -> object | None:
+        """A route for a request the application answers itself (given back to `handle`); None: pass it through."""
+
+    async def handle(self, request: Incoming, route: Any) -> Reply | PassThrough: ...
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class ClientBody:
+    """A request body as it arrives: buffered until an exchange attaches (then written straight through)."""
+
+    __slots__ = ("conn", "chunks", "size", "finished", "exchange", "_waiter")
+
+    def __init__(self, conn: ClientConnection, finished: bool):
+        self.conn = conn
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.finished = finished
+        self.exchange: Exchange | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.finished and not self.size
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.write_body(chunk)
+            if exchange.pause_body() and not self.conn.reading_paused:
+                self.conn.pause_until(exchange.resumed())
+            return
+        self.chunks.append(chunk)
+        self.conn.buffered += len(chunk)
+        if self.conn.buffered > BUFFERED_BODY:
+            self.conn.pause_reading()
+        self._wake()
+
+    def finish(self) -> None:
+        self.finished = True
+        if self.exchange is not None:
+            self.exchange.end_body()
+        self._wake()
+
+    def attach(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        for chunk in self.chunks:
+            exchange.write_body(chunk)
+        self._release()
+        if self.finished:
+            exchange.end_body()
+
+    async def read(self, limit: int) -> bytes | None:
+        """The whole body, or None when it is larger than `limit` (what was read so far stays buffered)."""
+        while not self.finished and self.size <= limit:
+            self._waiter = self.conn.loop.create_future()
+            self.conn.resume_reading()
+            await self._waiter
+        if self.size > limit:
+            return None
+        data = b"".join(self.chunks)
+        self._release()
+        return data
+
+    def _release(self) -> None:
+        self.conn.buffered -= sum(len(c) for c in self.chunks)
+        self.chunks = []
+        self.conn.resume_reading()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+@dataclass(slots=True)
+class Incoming:
+    head: RequestHead
+    body: ClientBody
+
+
+class _ClientSink:
+    """The cluster's response on its way to the client: what one read of the cluster's socket delivers goes out in
+    one write, when the connection calls `read_done` (a small answer: one send())."""
+
+    __slots__ = (
+        "conn", "request", "extra", "started", "close", "rechunk", "exchange", "_pending", "_hold", "_held",
+        "_timer",
+    )
+
+    def __init__(self, conn: ClientConnection, request: RequestHead, extra: Sequence[bytes]):
+        self.conn = conn
+        self.request = request
+        self.extra = extra
+        self.started = False  # something of the response was written: an error can no longer be answered
+        self.close = not request.keep_alive
+        self.rechunk = False
+        self.exchange: Exchange | None = None
+        self._pending: list[bytes] = []
+        self._hold = False  # keep what is pending for the next read
+        self._held = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def head(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        head = exchange.head
+        request = self.request
+        lines = [b"HTTP/%s %d %s\r\n" % (request.version.encode(), exchange.status, exchange.reason)]
+        lines += head.lines_with_length()
+        lines += self.extra
+        length = head.content_length
+        must_close = False
+        if head.chunked and length is None:
+            if request.version == "1.1":
+                lines.append(b"transfer-encoding: chunked\r\n")
+                self.rechunk = True
+            else:
+                must_close = True  # an HTTP/1.0 client reads to the end of the connection
+        elif length is None and exchange.status not in (204, 304) and request.method != "HEAD":
+            must_close = True  # the cluster frames this body by closing: so must we
+        if must_close and not self.close:
+            # Said only when closing is the relay's own choice: the clusters never add a `Connection` header.
+            lines.append(b"connection: close\r\n")
+            self.close = True
+        lines.append(b"\r\n")
+        self._pending = lines
+        # The body often arrives in the cluster's next segment: a head waits for a small body, and a chunked answer
+        # (Elasticsearch sends searches so) for its last chunk, so the whole answer reaches the client in one write.
+        self._hold = self.rechunk or (
+            request.method != "HEAD" and length is not None and length.isdigit() and 0 < int(length) <= _COALESCE
+        )
+
+    def body(self, chunk: bytes) -> None:
+        if not self.rechunk:
+            self._pending.append(chunk)
+            self._hold = False
+            return
+        self._pending.append(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self._held += len(chunk)
+        if self._held > _COALESCE:  # a big answer streams; only a small one waits for its end
+            self._held = 0
+            self._hold = False
+        elif self._timer is None:  # nor does a slow one wait for long
+            self._timer = self.conn.loop.call_later(_HOLD_S, self._release)
+
+    def read_done(self) -> None:
+        if not self._hold:
+            self._write()
+            self._hold = self.rechunk
+
+    def end(self) -> None:
+        if self.rechunk:
+            self._pending.append(b"0\r\n\r\n")
+        if self._timer is not None:
+            self._timer.cancel()
+        self._write()
+
+    def _release(self) -> None:
+        self._timer = None
+        self._write()
+
+    def _write(self) -> None:
+        if self._pending:
+            self.started = True
+            self.conn.write(b"".join(self._pending))
+            self._pending = []
+            if self.conn.write_paused and self.exchange is not None:
+                self.exchange.pause_reading()
+                self.conn.on_drain(self.exchange.resume_reading)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client's connection; parses requests as they arrive and serves them one at a time, in order."""
+
+    def __init__(self, server: RelayServer):
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Incoming] = deque()
+        self.buffered = 0
+        self.write_paused = False
+        self._parsing: Incoming | None = None
+        self._head: RequestHead | None = None
+        self._url: list[bytes] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self.reading_paused = False
+        self._drain_callbacks: list[object] = []
+        self._broken: Reply | None = None  # a request that could not be parsed: answered after those before it
+        self.lost = False
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgrade()
+        except (httptools.HttpParserError, _HeadTooLarge) as err:
+            self._unparseable(err)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.server.connections.discard(self)
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()  # its upstream exchange is aborted and its pool slot freed
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        callbacks, self._drain_callbacks = self._drain_callbacks, []
+        for callback in callbacks:
+            callback()  # type: ignore[operator]
+
+    # -- httptools callbacks --
+
+    def on_message_begin(self) -> None:
+        self._head = RequestHead()
+        self._url = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        if sum(map(len, self._url)) > MAX_TARGET_BYTES:
+            raise _HeadTooLarge(f"the request line is longer than {MAX_TARGET_BYTES} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self._head
+        assert head is not None
+        head.add(name, value)
+        if head.size > MAX_HEAD_BYTES:
+            raise _HeadTooLarge(f"the request headers are larger than {MAX_HEAD_BYTES} bytes")
+
+    def on_headers_complete(self) -> None:
+        head = self._head
+        assert head is not None
+        parser = self.parser
+        head.method = parser.get_method().decode("latin-1")
+        head.version = parser.get_http_version()
+        head.keep_alive = parser.should_keep_alive()
+        head.target = b"".join(self._url)
+        if head.connection:
+            head.finish()
+        no_body = not head.chunked and head.content_length in (None, b"0")
+        incoming = Incoming(head, ClientBody(self, finished=no_body))
+        self._parsing = incoming
+        self.queue.append(incoming)
+        if len(self.queue) > MAX_QUEUED:
+            self.pause_reading()
+        if self._worker is None:
+            self._worker = self.loop.create_task(self._work())
+        else:
+            self._wake()
+
+    def on_body(self, chunk: bytes) -> None:
+        self._parsing.body.feed(chunk)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        incoming = self._parsing
+        if incoming is not None and not incoming.body.finished:
+            incoming.body.finish()
+        self._parsing = None
+
+    # -- reading and writing --
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    def on_drain(self, callback: object) -> None:
+        self._drain_callbacks.append(callback)
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.lost:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.buffered <= BUFFERED_BODY and len(self.queue) <= MAX_QUEUED:
+            self.reading_paused = False
+            if self.transport is not None and not self.lost:
+                self.transport.resume_reading()
+
+    def pause_until(self, ready: object) -> None:
+        """Stop reading the client until the upstream socket has drained (a streamed body outran the cluster)."""
+        self.pause_reading()
+
+        async def resume() -> None:
+            await ready  # type: ignore[misc]
+            self.resume_reading()
+
+        self.server.track(self.loop.create_task(resume()))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+    # -- requests the parser could not take --
+
+    def _unparseable(self, err: Exception) -> None:
+        message = str(err) if isinstance(err, _HeadTooLarge) else f"invalid HTTP request: {err}"
+        status = 431 if isinstance(err, _HeadTooLarge) and "headers" in message else 400
+        self._broken = es_error_reply(status, "illegal_argument_exception", message)
+        self.pause_reading()
+        self._parsing = None
+        if self._worker is None:
+            self._worker = self.loop.create_task(self._work())
+        else:
+            self._wake()
+
+    def _upgrade(self) -> None:
+        head = self._head
+        if head is not None and head.method == "CONNECT":
+            self._unparseable(_HeadTooLarge("CONNECT is not supported: this is a search cluster, not a forward proxy"))
+            return
+        # `Upgrade` is hop-by-hop and not passed on: the request is served as a plain one, then the connection closes.
+        if head is not None:
+            head.keep_alive = False
+        self.on_message_complete()
+        self.pause_reading()
+
+    # -- the worker --
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _work(self) -> None:
+        try:
+            while not self.lost:
+                if not self.queue:
+                    if self._broken is not None:
+                        self.write(self._broken.serialize(close=True))
+                        self.close()
+                        return
+                    self._wakeup = self.loop.create_future()
+                    await self._wakeup
+                    continue
+                incoming = self.queue.popleft()
+                self.resume_reading()
+                if not await self._serve(incoming):
+                    self.close()
+                    return
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug of ours: this connection cannot be trusted any more, the others are unaffected
+            log.exception("connection closed after an unexpected error")
+            self.abort()
+
+    async def _serve(self, incoming: Incoming) -> bool:
+        """One request, answered; whether the connection can take the next one."""
+        head = incoming.head
+        if head.expect == b"100-continue" and head.version == "1.1" and not incoming.body.finished:
+            self.write(_CONTINUE)
+        if not head.target.startswith(b"/") and not (head.target == b"*" and head.method == "OPTIONS"):
+            return self._answer(head, incoming.body, es_error_reply(
+                400, "illegal_argument_exception",
+                "only origin-form request targets (/path?query) are served: this is not a forward proxy"))
+        app = self.server.app
+        route = app.claims(head)
+        if route is not None:
+            try:
+                answer = await app.handle(incoming, route)
+            except UpstreamError as err:
+                return self._upstream_failed(head, incoming.body, err)
+            except Exception as err:  # a bug of ours: said in the cluster's error format, the connection kept
+                log.exception("error handling %s %r", head.method, head.target)
+                return self._answer(head, incoming.body, es_error_reply(
+                    500, "rerank_proxy_exception", f"{type(err).__name__}: {err}"))
+            if isinstance(answer, Reply):
+                return self._answer(head, incoming.body, answer)
+            return await self._pass(incoming, answer.body, answer.extra_lines)
+        return await self._pass(incoming, None, ())
+
+    def _answer(self, head: RequestHead, body: ClientBody, reply: Reply) -> bool:
+        unread = not body.finished  # the rest of a body cannot be skipped safely: the connection ends here
+        announce = unread and head.keep_alive
+        self.write(reply.serialize(head.version, close=announce, head_only=head.method == "HEAD"))
+        return head.keep_alive and not unread
+
+    def _upstream_failed(self, head: RequestHead, body: ClientBody, err: UpstreamError) -> bool:
+        self.server.record_upstream_error(err)
+        return self._answer(head, body, es_error_reply(err.status, err.error_type, str(err)))
+
+    async def _pass(self, incoming: Incoming, body: bytes | None, extra: Sequence[bytes]) -> bool:
+        head = incoming.head
+        sink = _ClientSink(self, head, extra)
+        upstream_body: bytes | ClientBody | None
+        length = None
+        if body is not None:
+            upstream_body = body
+        elif incoming.body.empty:
+            upstream_body = b"" if head.content_length is not None else None
+        elif incoming.body.finished and not head.chunked:  # all here already: sent with the head in one write
+            upstream_body = await incoming.body.read(BUFFERED_BODY)
+        else:
+            upstream_body = incoming.body
+            length = int(head.content_length) if head.content_length is not None and not head.chunked else None
+        try:
+            await self.server.app.upstream.exchange(
+                head.method, head.target, head.lines, upstream_body, sink, length=length, authorized=head.authorized
+            )
+        except UpstreamError as err:
+            if sink.started or sink.exchange is not None:
+                self.abort()  # the head went out: cutting the connection is the only honest way to say it broke
+                return False
+            return self._upstream_failed(head, incoming.body, err)
+        sink.end()
+        return not sink.close and incoming.body.finished
+
+
+class RelayServer:
+    """The listening socket and its connections."""
+
+    def __init__(self, app: Application, on_upstream_error: object = None):
+        self.app = app
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[ClientConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_upstream_error = on_upstream_error
+        self._server: asyncio.Server | None = None
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def record_upstream_error(self, err: UpstreamError) -> None:
+        if self._on_upstream_error is not None:
+            self._on_upstream_error(err)  # type: ignore[operator]
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True
+        )
+        return self._server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+__all__ = ["Application", "ClientBody", "Head", "Incoming", "PassThrough", "RelayServer"]

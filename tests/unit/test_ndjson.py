@@ -1,0 +1,140 @@
+"""`_msearch` framing as Elasticsearch 8.19 and OpenSearch 2.19 read it (each rule checked against both clusters by
+tests/integration/test_relay_exact.py::test_msearch_parser_agrees_with_cluster)."""
+from __future__ import annotations
+
+import pytest
+
+from proxy.ndjson import MsearchItem, NdjsonError, item_index, parse_msearch, serialize_msearch, strict_loads
+
+H = b'{"index":"idx"}'
+Q = b'{"query":{"match":{"title":"protein"}}}'
+
+
+def reserialized(items: list[MsearchItem]) -> bytes:
+    return serialize_msearch([line for item in items for line in (item.raw_header, item.raw_body)])
+
+
+def test_pairs_of_header_and_body_lines() -> None:
+    items = parse_msearch(H + b"\n" + Q + b"\n" + b"{}\n" + Q + b"\n")
+    assert [(i.header, i.body) for i in items] == [({"index": "idx"}, {"query": {"match": {"title": "protein"}}}),
+                                                   ({}, {"query": {"match": {"title": "protein"}}})]
+
+
+def test_missing_trailing_newline_is_refused_as_the_cluster_refuses_it() -> None:
+    with pytest.raises(NdjsonError, match="terminated by a newline"):
+        parse_msearch(H + b"\n" + Q)
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", H + b"\n"], ids=["empty", "newline-only", "header-only"])
+def test_no_item_is_refused(data: bytes) -> None:
+    with pytest.raises(NdjsonError):
+        parse_msearch(data, leading_empty_line="header")
+
+
+@pytest.mark.parametrize("header", [b"", b" ", b"\t", b"\r", b"null", b" null\r"])
+def test_empty_whitespace_or_null_header_after_the_first_byte_means_no_metadata(header: bytes) -> None:
+    items = parse_msearch(H + b"\n" + Q + b"\n" + header + b"\n" + Q + b"\n")
+    assert [i.header for i in items] == [{"index": "idx"}, {}]
+    assert items[1].raw_header == header
+
+
+def test_whitespace_header_on_the_first_line_means_no_metadata() -> None:
+    assert parse_msearch(b" \n" + Q + b"\n")[0].header == {}
+
+
+def test_form_feed_is_not_json_whitespace() -> None:
+    with pytest.raises(NdjsonError):
+        parse_msearch(H + b"\n" + Q + b"\n\x0c\n" + Q + b"\n")
+
+
+def test_leading_empty_line_is_ambiguous_unless_the_flavour_is_known() -> None:
+    with pytest.raises(NdjsonError, match="leading empty line"):
+        parse_msearch(b"\n" + Q + b"\n")
+
+
+def test_leading_empty_line_is_an_empty_header_on_elasticsearch_8() -> None:
+    items = parse_msearch(b"\n" + Q + b"\n", leading_empty_line="header")
+    assert [(i.header, i.raw_header) for i in items] == [({}, b"")]
+    assert reserialized(items) == b"\n" + Q + b"\n"
+
+
+def test_leading_empty_line_is_skipped_on_opensearch_and_kept_when_reserialised() -> None:
+    items = parse_msearch(b"\n" + H + b"\n" + Q + b"\n", leading_empty_line="skip")
+    assert [i.header for i in items] == [{"index": "idx"}]
+    assert reserialized(items) == b"\n" + H + b"\n" + Q + b"\n"
+
+
+def test_skipped_leading_line_then_empty_header_keeps_both_newlines() -> None:
+    items = parse_msearch(b"\n\n" + Q + b"\n", leading_empty_line="skip")
+    assert [i.header for i in items] == [{}]
+    assert reserialized(items) == b"\n\n" + Q + b"\n"
+
+
+def test_two_leading_empty_lines_on_elasticsearch_8_give_an_empty_body() -> None:
+    with pytest.raises(NdjsonError, match="empty"):
+        parse_msearch(b"\n\n" + Q + b"\n", leading_empty_line="header")
+
+
+@pytest.mark.parametrize("body", [b"", b" ", b"\r"])
+def test_empty_body_line_is_refused(body: bytes) -> None:
+    with pytest.raises(NdjsonError, match="empty"):
+        parse_msearch(H + b"\n" + body + b"\n")
+
+
+def test_blank_line_between_items_shifts_the_pairs_as_the_cluster_does() -> None:
+    """The blank line is read as an empty header, the next header as its body, the query as a dangling header."""
+    with pytest.raises(NdjsonError, match="without a body"):
+        parse_msearch(H + b"\n" + Q + b"\n\n" + H + b"\n" + Q + b"\n")
+
+
+def test_one_extra_trailing_newline_is_a_dangling_empty_header_and_ignored() -> None:
+    items = parse_msearch(H + b"\n" + Q + b"\n\n")
+    assert len(items) == 1
+
+
+@pytest.mark.parametrize("dangling", [H, b"null", b"{bad", b'{"foo":1}'])
+def test_non_blank_dangling_header_is_left_to_the_cluster(dangling: bytes) -> None:
+    """The cluster parses it (a bad one fails the whole request) and drops it: the proxy does not guess."""
+    with pytest.raises(NdjsonError):
+        parse_msearch(H + b"\n" + Q + b"\n" + dangling + b"\n")
+
+
+def test_crlf_line_ends_are_json_whitespace_and_kept_raw() -> None:
+    data = H + b"\r\n" + Q + b"\r\n\r\n" + Q + b"\r\n"
+    items = parse_msearch(data)
+    assert [i.header for i in items] == [{"index": "idx"}, {}]
+    assert reserialized(items) == data
+
+
+@pytest.mark.parametrize("line", [b'{"index":"a","index":"b"}', b'{"a":{"b":1,"b":2}}'])
+def test_duplicate_keys_are_refused_as_the_cluster_refuses_them(line: bytes) -> None:
+    with pytest.raises(NdjsonError, match="duplicate"):
+        parse_msearch(line + b"\n" + Q + b"\n")
+    with pytest.raises(NdjsonError, match="duplicate"):
+        parse_msearch(H + b"\n" + line + b"\n")
+
+
+@pytest.mark.parametrize("line", [Q + b' {"a":1}', b"[]", b'"idx"', b"{/*c*/}", b"1"])
+def test_header_the_flavours_read_differently_or_orjson_cannot_is_left_to_the_cluster(line: bytes) -> None:
+    with pytest.raises(NdjsonError):
+        parse_msearch(line + b"\n" + Q + b"\n")
+
+
+@pytest.mark.parametrize("line", [b"[1]", b"null", Q + b' {"a":1}'])
+def test_body_that_is_not_one_json_object_is_left_to_the_cluster(line: bytes) -> None:
+    with pytest.raises(NdjsonError):
+        parse_msearch(H + b"\n" + line + b"\n")
+
+
+def test_reserialising_unchanged_items_gives_the_clients_bytes() -> None:
+    data = H + b"\n" + Q + b"\n \n" + Q + b"\n\n" + Q + b"\n"
+    assert reserialized(parse_msearch(data)) == data
+
+
+def test_item_index_from_header_else_path() -> None:
+    items = parse_msearch(b'{"index":["a","b"]}\n{}\n\n{}\n{"index":"c"}\n{}\n')
+    assert [item_index(i, "p") for i in items] == ["a,b", "p", "c"]
+
+
+def test_strict_loads_keeps_orjsons_values() -> None:
+    assert strict_loads(b'{"a":[1,2.5,"x",null]}') == {"a": [1, 2.5, "x", None]}
