@@ -136,7 +136,7 @@ class _ClientSink:
 
     __slots__ = (
         "conn", "request", "extra", "started", "close", "rechunk", "exchange", "_pending", "_hold", "_held",
-        "_timer",
+        "_timer", "_ended",
     )
 
     def __init__(self, conn: ClientConnection, request: RequestHead, extra: Sequence[bytes]):
@@ -151,6 +151,104 @@ class _ClientSink:
         self._hold = False  # keep what is pending for the next read
         self._held = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._ended = False
+
+    def head(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        head = exchange.head
+        request = self.request
+        lines = [b"HTTP/%s %d %s\r\n" % (request.version.encode(), exchange.status, exchange.reason)]
+        lines += head.lines_with_length()
+        lines += self.extra
+        length = head.content_length
+        must_close = False
+        if head.chunked and length is None:
+            if request.version == "1.1":
+                lines.append(b"transfer-encoding: chunked\r\n")
+                self.rechunk = True
+            else:
+                must_close = True  # an HTTP/1.0 client reads to the end of the connection
+        elif length is None and exchange.status not in (204, 304) and request.method != "HEAD":
+            must_close = True  # the cluster frames this body by closing: so must we
+        if must_close and not self.close:
+            # Said only when closing is the relay's own choice: the clusters never add a `Connection` header.
+            lines.append(b"connection: close\r\n")
+            self.close = True
+        lines.append(b"\r\n")
+        self._pending = lines
+        # The body often arrives in the cluster's next segment: a head waits for a small body, and a chunked answer
+        # (Elasticsearch sends searches so) for its last chunk, so the whole answer reaches the client in one write.
+        self._hold = self.rechunk or (
+            request.method != "HEAD" and length is not None and length.isdigit() and 0 < int(length) <= _COALESCE
+        )
+
+    def body(self, chunk: bytes) -> None:
+        if self.rechunk:
+            self._pending.append(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            self._pending.append(chunk)
+            self._hold = False
+        self._held += len(chunk)
+        if self._held > _COALESCE:  # a big answer streams; only a small one waits for its end
+            self._hold = False
+
+    def read_done(self) -> None:
+        if self._ended:
+            return
+        if self._hold:
+            if self._timer is None:  # a slow answer does not wait for long either
+                self._timer = self.conn.loop.call_later(_HOLD_S, self._release)
+            return
+        self._write()
+        self._hold, self._held = self.rechunk, 0
+
+    def end(self) -> None:
+        """The answer is complete (called as the cluster's last byte is parsed): the rest goes out now."""
+        self._ended = True
+        if self.rechunk:
+            self._pending.append(b"0\r\n\r\n")
+        if self._timer is not None:
+            self._timer.cancel()
+        self._write()
+
+    def _release(self) -> None:
+        self.conn.buffered -= sum(len(c) for c in self.chunks)
+        self.chunks = []
+        self.conn.resume_reading()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+@dataclass(slots=True)
+class Incoming:
+    head: RequestHead
+    body: ClientBody
+
+
+class _ClientSink:
+    """The cluster's response on its way to the client: what one read of the cluster's socket delivers goes out in
+    one write, when the connection calls `read_done` (a small answer: one send())."""
+
+    __slots__ = (
+        "conn", "request", "extra", "started", "close", "rechunk", "exchange", "_pending", "_hold", "_held",
+        "_timer", "_ended",
+    )
+
+    def __init__(self, conn: ClientConnection, request: RequestHead, extra: Sequence[bytes]):
+        self.conn = conn
+        self.request = request
+        self.extra = extra
+        self.started = False  # something of the response was written: an error can no longer be answered
+        self.close = not request.keep_alive
+        self.rechunk = False
+        self.exchange: Exchange | None = None
+        self._pending: list[bytes] = []
+        self._hold = False  # keep what is pending for the next read
+        self._held = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._ended = False
 
     def head(self, exchange: Exchange) -> None:
         self.exchange = exchange
@@ -467,7 +565,6 @@ class ClientConnection(asyncio.Protocol):
                 self.abort()  # the head went out: cutting the connection is the only honest way to say it broke
                 return False
             return self._upstream_failed(head, incoming.body, err)
-        sink.end()
         return not sink.close and incoming.body.finished
 
 

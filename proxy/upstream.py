@@ -58,6 +58,9 @@ class Sink(Protocol):
     def read_done(self) -> None:
         """One read of the cluster's socket has been parsed: a chance to write what it delivered in one go."""
 
+    def end(self) -> None:
+        """The response is complete; called before the exchange's `done` resolves."""
+
 
 class RequestBody(Protocol):
     """A request body that arrives while the exchange runs (the relay's client stream)."""
@@ -170,6 +173,7 @@ class Exchange:
 
     def complete(self) -> None:
         if not self.done.done():
+            self.sink.end()
             self.done.set_result(None)
 
     def fail(self, error: Exception) -> None:
@@ -447,6 +451,9 @@ class _Collector:
         self.status, self.reason, self.head_ = exchange.status, exchange.reason, exchange.head
 
     def read_done(self) -> None:
+        pass
+
+    def end(self) -> None:
         pass
 
     def body(self, chunk: bytes) -> None:
