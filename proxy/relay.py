@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ import httptools
 
 from .errors import es_error_reply
 from .upstream import Exchange, Upstream, UpstreamError
-from .wire import Head, Reply, RequestHead
+from .wire import Reply, RequestHead
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,12 @@ class Application(Protocol):
     async def handle(self, request: Incoming, route: Any) -> Reply | PassThrough: ...
 
 
-class _HeadTooLarge(Exception):
-    pass
+class _TooLarge(Exception):
+    """A request line or head past the relay's limits (far past the cluster's own)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class ClientBody:
@@ -242,7 +246,7 @@ class ClientConnection(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self.reading_paused = False
-        self._drain_callbacks: list[object] = []
+        self._drain_callbacks: list[Callable[[], None]] = []
         self._broken: Reply | None = None  # a request that could not be parsed: answered after those before it
         self.lost = False
 
@@ -257,7 +261,7 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._upgrade()
-        except (httptools.HttpParserError, _HeadTooLarge) as err:
+        except httptools.HttpParserError as err:
             self._unparseable(err)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -274,7 +278,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         callbacks, self._drain_callbacks = self._drain_callbacks, []
         for callback in callbacks:
-            callback()  # type: ignore[operator]
+            callback()
 
     # -- httptools callbacks --
 
@@ -285,14 +289,14 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
         if sum(map(len, self._url)) > MAX_TARGET_BYTES:
-            raise _HeadTooLarge(f"the request line is longer than {MAX_TARGET_BYTES} bytes")
+            raise _TooLarge(414, f"the request line is longer than {MAX_TARGET_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         head = self._head
         assert head is not None
         head.add(name, value)
         if head.size > MAX_HEAD_BYTES:
-            raise _HeadTooLarge(f"the request headers are larger than {MAX_HEAD_BYTES} bytes")
+            raise _TooLarge(431, f"the request headers are larger than {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         head = self._head
@@ -330,7 +334,7 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             self.transport.write(data)
 
-    def on_drain(self, callback: object) -> None:
+    def on_drain(self, callback: Callable[[], None]) -> None:
         self._drain_callbacks.append(callback)
 
     def pause_reading(self) -> None:
@@ -344,12 +348,12 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None and not self.lost:
                 self.transport.resume_reading()
 
-    def pause_until(self, ready: object) -> None:
+    def pause_until(self, ready: Awaitable[None]) -> None:
         """Stop reading the client until the upstream socket has drained (a streamed body outran the cluster)."""
         self.pause_reading()
 
         async def resume() -> None:
-            await ready  # type: ignore[misc]
+            await ready
             self.resume_reading()
 
         self.server.track(self.loop.create_task(resume()))
@@ -364,9 +368,13 @@ class ClientConnection(asyncio.Protocol):
 
     # -- requests the parser could not take --
 
-    def _unparseable(self, err: Exception) -> None:
-        message = str(err) if isinstance(err, _HeadTooLarge) else f"invalid HTTP request: {err}"
-        status = 431 if isinstance(err, _HeadTooLarge) and "headers" in message else 400
+    def _unparseable(self, err: httptools.HttpParserError) -> None:
+        # httptools wraps what a callback raised in its own error; the limit's status is on the original.
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, _TooLarge):
+            status, message = cause.status, str(cause)
+        else:
+            status, message = 400, f"invalid HTTP request: {err}"
         self._broken = es_error_reply(status, "illegal_argument_exception", message)
         self.pause_reading()
         self._parsing = None
@@ -376,11 +384,9 @@ class ClientConnection(asyncio.Protocol):
             self._wake()
 
     def _upgrade(self) -> None:
+        """`Upgrade` is hop-by-hop and not passed on: the request is served as a plain one (a `CONNECT` is refused
+        by `_serve`, as its target is no path), then the connection closes, since what follows is not HTTP."""
         head = self._head
-        if head is not None and head.method == "CONNECT":
-            self._unparseable(_HeadTooLarge("CONNECT is not supported: this is a search cluster, not a forward proxy"))
-            return
-        # `Upgrade` is hop-by-hop and not passed on: the request is served as a plain one, then the connection closes.
         if head is not None:
             head.keep_alive = False
         self.on_message_complete()
@@ -422,7 +428,7 @@ class ClientConnection(asyncio.Protocol):
         if not head.target.startswith(b"/") and not (head.target == b"*" and head.method == "OPTIONS"):
             return self._answer(head, incoming.body, es_error_reply(
                 400, "illegal_argument_exception",
-                "only origin-form request targets (/path?query) are served: this is not a forward proxy"))
+                f"{head.method} with a target that is not a path is not served: this is not a forward proxy"))
         app = self.server.app
         route = app.claims(head)
         if route is not None:
@@ -453,19 +459,23 @@ class ClientConnection(asyncio.Protocol):
         head = incoming.head
         sink = _ClientSink(self, head, extra)
         upstream_body: bytes | ClientBody | None
-        length = None
         if body is not None:
             upstream_body = body
         elif incoming.body.empty:
-            upstream_body = b"" if head.content_length is not None else None
+            upstream_body = None
         elif incoming.body.finished and not head.chunked:  # all here already: sent with the head in one write
             upstream_body = await incoming.body.read(BUFFERED_BODY)
         else:
             upstream_body = incoming.body
-            length = int(head.content_length) if head.content_length is not None and not head.chunked else None
+        # The client's own `Content-Length` line goes on as sent while the body has the client's length (a skipped
+        # search's is the very bytes read); anything else is framed anew.
+        framed = not head.chunked and head.content_length is not None and (
+            body is None or head.content_length == b"%d" % len(body)
+        )
+        lines = head.lines_with_length() if framed else head.lines
         try:
             await self.server.app.upstream.exchange(
-                head.method, head.target, head.lines, upstream_body, sink, length=length, authorized=head.authorized
+                head.method, head.target, lines, upstream_body, sink, framed=framed, authorized=head.authorized
             )
         except UpstreamError as err:
             if sink.started or sink.exchange is not None:
@@ -478,7 +488,7 @@ class ClientConnection(asyncio.Protocol):
 class RelayServer:
     """The listening socket and its connections."""
 
-    def __init__(self, app: Application, on_upstream_error: object = None):
+    def __init__(self, app: Application, on_upstream_error: Callable[[UpstreamError], None] | None = None):
         self.app = app
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
@@ -492,7 +502,7 @@ class RelayServer:
 
     def record_upstream_error(self, err: UpstreamError) -> None:
         if self._on_upstream_error is not None:
-            self._on_upstream_error(err)  # type: ignore[operator]
+            self._on_upstream_error(err)
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         self._server = await self.loop.create_server(
@@ -510,5 +520,3 @@ class RelayServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-
-__all__ = ["Application", "ClientBody", "Head", "Incoming", "PassThrough", "RelayServer"]

@@ -25,7 +25,7 @@ from .relay import Incoming, PassThrough
 from .routing import Kind
 from .search import Outcome, Plan, RequestOptions, finish, plan_search, plan_template
 from .upstream import Collected
-from .variants import UnknownVariant, choose_variant
+from .variants import CONTROL, UnknownVariant, choose_variant
 from .view import apply_filter_path
 from .wire import HeaderView, Reply, RequestHead, filtered_target, header_line
 
@@ -108,8 +108,10 @@ class SearchEndpoint:
         declared = incoming.head.content_length
         too_large = declared is not None and declared.isdigit() and int(declared) > MAX_SEARCH_BODY
         raw = None if too_large else await incoming.body.read(MAX_SEARCH_BODY)
-        if raw is None:
-            return PassThrough(None, _status_lines(["skipped; reason=body-too-large"], "control"))
+        if raw is None:  # the cluster's to refuse; no variant is chosen for a search that is not read
+            status = "skipped; reason=body-too-large"
+            metrics.record_search(status, CONTROL)
+            return PassThrough(None, _status_lines([status], CONTROL))
         head = incoming.head
         headers = head.header_view()
         try:

@@ -7,10 +7,11 @@ response relayed as it came: status, headers and the (still compressed) body byt
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -40,10 +41,10 @@ class ProxyState:
     upstream: Upstream
     resolver: IndexResolver
     engine: ScoringEngine
-    searches: SearchEndpoint = field(init=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "searches", SearchEndpoint(self))
+    @functools.cached_property
+    def searches(self) -> SearchEndpoint:
+        return SearchEndpoint(self)
 
 
 async def _lookup_aliases(upstream: Upstream, name: str) -> list[str]:
@@ -113,6 +114,8 @@ class ProxyServer:
         metrics.counter(metrics.UPSTREAM_ERRORS, type(err).__name__.removeprefix("Upstream").lower() or "broken").inc()
 
     async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         await self.state.engine.close()
         await self.state.upstream.close()
 
@@ -170,8 +173,6 @@ class Runner:
 
     async def cleanup(self) -> None:
         await self.relay.close()
-        for task in list(self.server._tasks):
-            task.cancel()
         await self.server.shutdown()
 
 

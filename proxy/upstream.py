@@ -446,8 +446,10 @@ class _Collector:
         self.head_ = Head()
         self.chunks: list[bytes] = []
         self.size = 0
+        self.exchange: Exchange | None = None
 
     def head(self, exchange: Exchange) -> None:
+        self.exchange = exchange
         self.status, self.reason, self.head_ = exchange.status, exchange.reason, exchange.head
 
     def read_done(self) -> None:
@@ -458,8 +460,10 @@ class _Collector:
 
     def body(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if self.size > self.limit:
-            raise UpstreamError(f"the cluster's answer is larger than {self.limit} bytes")
+        if self.size > self.limit and self.exchange is not None:
+            self.exchange.fail(UpstreamError(f"the cluster's answer is larger than {self.limit} bytes"))
+            self.exchange.conn.abort()
+            return
         self.chunks.append(chunk)
 
 
@@ -485,6 +489,7 @@ class Upstream:
     async def _connection(self, fresh: bool) -> tuple[_Connection, bool]:
         """A connection and whether it comes from the idle pool (and so may have been closed meanwhile)."""
         errors = []
+        timed_out = 0
         for pool in self._order():
             conn = None if fresh else pool.take_idle()
             if conn is not None:
@@ -493,12 +498,13 @@ class Upstream:
                 conn = await pool.connect()
             except (OSError, TimeoutError) as err:
                 pool.down_until = time.monotonic() + self.options.retry_down_after_s
+                timed_out += isinstance(err, TimeoutError)
                 reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
                 errors.append(f"{pool.endpoint.redacted}: {reason}")
                 continue
             pool.down_until = 0.0
             return conn, False
-        if errors and all(e.endswith("timed out") for e in errors):
+        if errors and timed_out == len(errors):
             raise UpstreamTimeout("no cluster node accepted a connection within "
                                   f"{self.options.connect_timeout_s:g}s: " + "; ".join(errors))
         raise UpstreamUnavailable("; ".join(errors))
@@ -511,20 +517,20 @@ class Upstream:
         body: bytes | RequestBody | None,
         sink: Sink,
         *,
-        length: int | None = None,
+        framed: bool = False,
         authorized: bool = False,
     ) -> None:
         """Sends one request and feeds its response to `sink`; returns once the response has ended.
 
-        `lines` are the forwardable header lines; framing is added here: `length` for a body of known size (bytes
-        always have one), else a streamed body goes chunked. `authorized`: the client sent its own `Authorization`,
-        so credentials from the URL are not added. A pooled connection that turns out closed is retried once on a
-        new one, when nothing was answered and the body can be sent again."""
-        if isinstance(body, bytes):
-            length = len(body) if body or length is not None else None
+        `lines` are the forwardable header lines. `framed`: they carry the body's `Content-Length` already (the
+        client's own line, relayed with the client's own body); otherwise bytes get one and a streamed body goes
+        chunked. `authorized`: the client sent its own `Authorization`, so credentials from the URL are not added.
+        A pooled connection that turns out closed is retried once on a new one, when nothing was answered and the
+        body can be sent again."""
+        length = len(body) if isinstance(body, bytes) and body and not framed else None
+        chunked = not framed and body is not None and not isinstance(body, bytes)
         conn, reused = await self._connection(fresh=False)
         while True:
-            chunked = body is not None and not isinstance(body, bytes) and length is None
             exchange = Exchange(conn, sink, method == "HEAD", chunked_body=chunked)
             head = self._request_head(conn.pool.endpoint, method, target, lines, length, chunked, authorized)
             if body is None or isinstance(body, bytes):

@@ -96,8 +96,8 @@ class RequestHead(Head):
     def add(self, name: bytes, value: bytes) -> None:
         self.size += len(name) + len(value) + 4
         self.pairs.append((name, value))
-        if name[:8].lower() == b"x-rerank":  # the proxy's own headers: read here, never forwarded
-            return
+        if name[:8].lower() == b"x-rerank" and (len(name) == 8 or name[8:9] == b"-"):
+            return  # `X-Rerank` and `X-Rerank-*` are the proxy's own: read here, never forwarded
         if len(name) == 13 and name.lower() == b"authorization":
             self.authorized = True
         Head.add(self, name, value)
@@ -197,7 +197,5 @@ def reason_for(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
-def json_reply(status: int, body: bytes, extra: Sequence[tuple[str, str]] = ()) -> Reply:
-    lines = [b"content-type: application/json\r\n"]
-    lines += [header_line(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra]
-    return Reply(status, reason_for(status), lines, body)
+def json_reply(status: int, body: bytes) -> Reply:
+    return Reply(status, reason_for(status), [b"content-type: application/json\r\n"], body)

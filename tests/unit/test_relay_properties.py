@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from tests.proxyrunner import MINILM, RunningProxy
-from tests.rawhttp import RawResponse, exchange
+from tests.rawhttp import RawConnection, RawResponse, exchange
 from tests.recorder import DEFAULT_RESPONSE, Recorded, Recorder, http_response
 
 VIEW_PARAMS = frozenset({"filter_path", "_source", "_source_includes", "_source_excludes", "from", "size"})
@@ -192,3 +192,59 @@ def test_a_plain_search_with_view_params_is_reranked(recorder: Recorder, proxy_u
                               [("Content-Type", "application/json"), ("X-Rerank", "on")], SEARCH_BODY)
     assert response.header("X-Rerank-Status") == b"reranked"
     assert received.target == b"/idx/_search?x=%2B&pretty"
+
+
+# ---- fixed cases: framing, the proxy's own headers, CONNECT ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["Content-Length", "CONTENT-LENGTH"])
+def test_an_empty_bodys_content_length_line_reaches_the_cluster_as_sent(
+    recorder: Recorder, proxy_url: str, name: str
+) -> None:
+    _, received = send(recorder, proxy_url, "POST", "/idx/_refresh", [(name, "0")], b"")
+    assert [h for h in received.headers if h[0].lower() == b"content-length"] == [(name.encode(), b"0")]
+
+
+def test_a_skipped_search_keeps_the_clients_content_length_line(recorder: Recorder, proxy_url: str) -> None:
+    headers = [("Content-Type", "application/json"), ("X-Rerank", "off"), ("content-LENGTH", str(len(SEARCH_BODY)))]
+    response, received = send(recorder, proxy_url, "POST", "/idx/_search", headers, SEARCH_BODY)
+    assert response.header("X-Rerank-Status") == b"skipped; reason=header-off"
+    assert [h for h in received.headers if h[0].lower() == b"content-length"] == [
+        (b"content-LENGTH", str(len(SEARCH_BODY)).encode())
+    ]
+    assert received.body == SEARCH_BODY
+
+
+def test_only_the_proxys_own_headers_are_kept_back(recorder: Recorder, proxy_url: str) -> None:
+    headers = [("X-Rerank", "off"), ("X-Rerank-Variant", "control"), ("X-Reranker-Team", "search"),
+               ("X-Rerankable", "yes")]
+    _, received = send(recorder, proxy_url, "GET", "/idx/_doc/1", headers)
+    names = [k for k, _ in received.headers]
+    assert b"X-Reranker-Team" in names and b"X-Rerankable" in names
+    assert b"X-Rerank" not in names and b"X-Rerank-Variant" not in names
+
+
+def test_connect_gets_one_es_style_400_and_the_connection_ends(recorder: Recorder, proxy_url: str) -> None:
+    recorder.requests.clear()
+    with RawConnection(proxy_url, timeout_s=10) as conn:
+        conn.send(b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n")
+        received = b""
+        while chunk := conn.sock.recv(65536):  # to the end: the proxy closes the connection after its one answer
+            received += chunk
+    assert received.count(b"HTTP/1.1 ") == 1 and received.startswith(b"HTTP/1.1 400 ")
+    assert b"not a forward proxy" in received
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(("request_head", "status"), [
+    (b"GET /idx/_doc/1 HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 300_000 + b"\r\n\r\n", 431),
+    (b"GET /idx/_doc/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
+])
+def test_heads_past_the_relays_limits_get_an_es_style_refusal(
+    recorder: Recorder, proxy_url: str, request_head: bytes, status: int
+) -> None:
+    recorder.requests.clear()
+    with RawConnection(proxy_url, timeout_s=10) as conn:
+        conn.send(request_head)
+        response = conn.response()
+    assert response.status == status and b'"type":"illegal_argument_exception"' in response.body
+    assert recorder.requests == []
