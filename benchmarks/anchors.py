@@ -241,14 +241,26 @@ def rerank_proxy_binary() -> str:
 
 
 def start_rerank_proxy(config: Path, upstream_url: str, workdir: Path, timeout_s: float = 300) -> Launched:
-    """`rerank-proxy serve` with `config`, on a free port; waits for it to load its models and answer."""
-    port = free_port()
+    """`rerank-proxy serve` with `config`, on a free port (its admin endpoints on another); waits until its
+    readiness endpoint says every model has loaded."""
+    port, admin = free_port(), free_port()
     args = [rerank_proxy_binary(), "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}",
-            "--upstream", upstream_url]
+            "--upstream", upstream_url, "--admin-listen", f"127.0.0.1:{admin}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     launched = _spawn("rerank-proxy", args, port, workdir / "rerank-proxy.out", env)
-    wait_ready(launched, timeout_s)
-    return launched
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if launched.process.poll() is not None:
+            tail = launched.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"rerank-proxy exited with {launched.process.returncode}:\n{tail}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{admin}/_rerank_proxy/ready", timeout=5).close()
+            return launched
+        except OSError:  # not listening yet, or 503 while the models load
+            if time.monotonic() > deadline:
+                launched.stop()
+                raise RuntimeError(f"rerank-proxy was not ready within {timeout_s:.0f} s") from None
+            time.sleep(0.2)
 
 
 # ---- CPU accounting -----------------------------------------------------------------------------------------------

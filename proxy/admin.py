@@ -1,16 +1,59 @@
-"""The proxy's own endpoints under `/_rerank_proxy/`: health, metrics, config reload."""
+"""The proxy's own endpoints under `/_rerank_proxy/`: liveness, readiness, health, metrics, config reload.
+
+They answer on the admin listener (loopback by default), or on the data port behind a bearer token; never to a
+data-port client that has no token.
+"""
 from __future__ import annotations
 
+import hmac
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .config import ConfigError
+from .config import AdminOptions, ConfigError
 from .errors import es_error_reply
-from .wire import Reply, RequestHead, header_line, json_reply
+from .wire import HeaderView, Reply, RequestHead, header_line, json_reply
 
 ADMIN_PREFIX = "/_rerank_proxy/"
+_CHALLENGE = header_line(b"WWW-Authenticate", b'Bearer realm="rerank-proxy"')
+
+
+@dataclass(frozen=True)
+class AdminGuard:
+    """Who may call the admin endpoints: anyone who reaches their own listener, or holders of the token."""
+
+    on_data_port: bool
+    token: bytes | None  # never logged or shown: `repr` leaves it out
+    token_env: str | None
+
+    def __repr__(self) -> str:
+        return f"AdminGuard(on_data_port={self.on_data_port}, token_env={self.token_env!r})"
+
+    @classmethod
+    def of(cls, options: AdminOptions) -> AdminGuard:
+        token = None
+        if options.token_env is not None:
+            value = os.environ.get(options.token_env, "").strip()
+            if not value:
+                raise ConfigError(f"admin.token_env: the environment variable {options.token_env} is not set")
+            token = value.encode()
+        return cls(options.listen is None, token, options.token_env)
+
+    def allows(self, head: RequestHead) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, given = HeaderView(head.pairs).get("Authorization", "").strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1"), self.token)
+
+    async def answer(self, head: RequestHead, server: Any) -> Reply:
+        if not self.allows(head):
+            reply = es_error_reply(401, "security_exception", "the admin endpoints need a valid bearer token")
+            reply.lines.append(_CHALLENGE)
+            return reply
+        return await admin_reply(head, server)
 
 
 async def admin_reply(head: RequestHead, server: Any) -> Reply:
@@ -18,11 +61,19 @@ async def admin_reply(head: RequestHead, server: Any) -> Reply:
     state = server.state
     action = head.path[len(ADMIN_PREFIX):].strip("/")
     method = head.method
-    if action == "health" and method in ("GET", "HEAD"):
-        models = state.engine.states()
-        healthy = all(s == "ready" for s in models.values())
-        body = {"status": "green" if healthy else "degraded", "models": models, "upstreams": state.upstream.urls}
-        return json_reply(200, orjson.dumps(body))
+    if method in ("GET", "HEAD"):
+        if action == "live":  # the event loop answers: restart only when this does not
+            return json_reply(200, b'{"status":"alive"}')
+        if action == "ready":  # send traffic here: every model loaded, not shutting down
+            ready = state.engine.loaded and not server.draining
+            body = {"ready": ready, "draining": server.draining, "models": state.engine.states()}
+            return json_reply(200 if ready else 503, orjson.dumps(body))
+        if action == "health":
+            models = state.engine.states()
+            healthy = state.engine.ready and not server.draining
+            body = {"status": "green" if healthy else "degraded", "draining": server.draining, "models": models,
+                    "upstreams": state.upstream.urls}
+            return json_reply(200, orjson.dumps(body))
     if action == "metrics" and method == "GET":
         return Reply(200, b"OK", [header_line(b"Content-Type", CONTENT_TYPE_LATEST.encode())], generate_latest())
     if action == "reload" and method == "POST":

@@ -15,26 +15,43 @@ from typing import Any
 from .config import ConfigError, load_config
 
 
-async def _serve(config_path: Path, listen: str | None, upstreams: list[str] | None) -> int:
+async def _serve(config_path: Path, listen: str | None, upstreams: list[str] | None, admin_listen: str | None) -> int:
     from .server import start_server
 
-    overrides = {"listen": listen, "upstreams": upstreams}
+    overrides = {"listen": listen, "upstreams": upstreams, "admin_listen": admin_listen}
     config = load_config(config_path).with_overrides(**overrides)
-    server, runner, url = await start_server(config, config_path, overrides)
+    # The ports open before the models have loaded: their searches are served in the cluster's order meanwhile.
+    serving = await start_server(config, config_path, overrides, wait_for_models=False)
+    server = serving.server
     # Models leave millions of long-lived objects behind; frozen, the collector stops re-scanning them while it
     # collects each request's short-lived garbage.
     gc.collect()
     gc.freeze()
     server.install_sighup()
-    logging.getLogger("rerank-proxy").info(
-        "serving on %s -> %s (models: %s)", url, ", ".join(server.state.upstream.urls), server.state.engine.states()
-    )
+    log = logging.getLogger("rerank-proxy")
+    admin = "the data port (bearer token)" if serving.admin_url == serving.url else serving.admin_url
+    log.info("serving on %s -> %s; admin on %s (models: %s)", serving.url, ", ".join(server.state.upstream.urls),
+             admin, server.state.engine.states())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second signal: no more waiting
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    await runner.cleanup()
+    grace = config.shutdown_grace_s
+    serving.stop_accepting()
+    log.info("shutting down: no new connections, up to %gs for the requests in flight", grace)
+    cut = await serving.drained(grace)
+    if cut:
+        log.warning("shutdown: %d connection(s) still busy after %gs were closed", cut, grace)
+    await serving.cleanup()
+    log.info("stopped")
     return 0
 
 
@@ -66,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", type=Path, default=Path("config.yaml"))
     serve.add_argument("--listen", help="HOST:PORT, overrides the file's `listen`")
     serve.add_argument("--upstream", action="append", help="cluster URL, overrides `upstreams` (repeatable)")
+    serve.add_argument("--admin-listen", help="HOST:PORT of the admin endpoints, overrides `admin.listen`")
 
     demo = commands.add_parser("demo", help="local cluster + sample data + proxy, side by side")
     demo.add_argument("--flavor", choices=("elasticsearch", "opensearch"), default="elasticsearch")
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # a server log is no place for weight-loading bars
     try:
         if args.command == "serve":
-            return _serve_forever(_serve(args.config, args.listen, args.upstream))
+            return _serve_forever(_serve(args.config, args.listen, args.upstream, args.admin_listen))
         if args.command == "eval":
             from .evaluate import EvalOptions, run_eval
 

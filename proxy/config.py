@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -110,6 +110,7 @@ class UpstreamOptions(_Strict):
     response_timeout_s: float = Field(300.0, gt=0, description="from request sent to the answer's head: else 504")
     idle_timeout_s: float = Field(60.0, gt=0, description="longest pause inside an answer's body: else cut off")
     pool_size: int = Field(256, gt=0, description="connections open to each cluster URL at most (others wait)")
+    pool_idle_timeout_s: float = Field(60.0, gt=0, description="a pooled connection unused this long is closed")
     retry_down_after_s: float = Field(5.0, ge=0, description="how long a failed upstream is tried last")
     alias_cache_ttl_s: float = Field(60.0, ge=0)
 
@@ -127,10 +128,52 @@ def _upstream_url(value: str) -> str:
     return value.rstrip("/")
 
 
+class ListenerTLS(_Strict):
+    """TLS on a listener: the server's certificate chain and key, and optionally client certificates verified
+    against a CA (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = Field(None, description="verify client certificates against this CA bundle")
+    client_auth: Literal["required", "optional"] = Field(
+        "required", description="with client_ca_file: whether a client without a certificate is refused"
+    )
+
+
+class AdminOptions(_Strict):
+    """Where the proxy's own endpoints (`/_rerank_proxy/...`) answer. On their own listener (loopback by default),
+    the data port serves only the cluster's API; without one (`listen: null`) they answer on the data port, and
+    only to requests carrying the bearer token."""
+
+    listen: Annotated[str, BeforeValidator(_listen)] | None = "127.0.0.1:9202"
+    token_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the bearer token admin requests must carry",
+    )
+    tls: ListenerTLS | None = None
+
+    @model_validator(mode="after")
+    def _guarded(self) -> AdminOptions:
+        if self.listen is None and self.token_env is None:
+            raise ValueError("listen: null puts the admin endpoints on the data port, which needs token_env")
+        if self.listen is None and self.tls is not None:
+            raise ValueError("tls: the admin endpoints share the data port's TLS when listen is null")
+        return self
+
+
 class Config(_Strict):
     listen: Annotated[str, BeforeValidator(_listen)] = "127.0.0.1:9201"
     upstreams: Annotated[list[Annotated[str, BeforeValidator(_upstream_url)]], BeforeValidator(_as_list)] = Field(
         ["http://127.0.0.1:9200"], min_length=1
+    )
+    tls: ListenerTLS | None = Field(None, description="TLS on the data port")
+    admin: AdminOptions = AdminOptions()
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="on SIGTERM: how long requests in flight may take to finish before the exit"
+    )
+    max_search_body_bytes: int = Field(
+        100 * 1024 * 1024, gt=0, description="a search body larger than this is answered 413 (the clusters' own "
+        "`http.max_content_length` is 100 MB)"
     )
     upstream: UpstreamOptions = UpstreamOptions()
     models: dict[str, ModelSpec] = Field(min_length=1)
@@ -164,12 +207,16 @@ class Config(_Strict):
     def rule_for(self, index: str) -> IndexRule | None:
         return next((rule for rule in self.indices if rule.matches(index)), None)
 
-    def with_overrides(self, *, listen: str | None = None, upstreams: list[str] | None = None) -> Config:
+    def with_overrides(
+        self, *, listen: str | None = None, upstreams: list[str] | None = None, admin_listen: str | None = None
+    ) -> Config:
         data = self.model_dump(by_alias=True, exclude_unset=True)
         if listen:
             data["listen"] = listen
         if upstreams:
             data["upstreams"] = upstreams
+        if admin_listen:
+            data["admin"] = {**data.get("admin", {}), "listen": admin_listen}
         return parse_config(data, origin="command line")
 
 

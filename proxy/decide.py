@@ -8,6 +8,7 @@ from typing import Any
 from .config import RerankSettings
 
 DEFAULT_SIZE = 10
+_INT_MAX = 2**31 - 1  # `from` and `size` are Java ints: the cluster refuses anything larger itself
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,9 @@ def _int_param(params: Mapping[str, str], body: Mapping[str, Any], key: str, def
         return None
     try:
         value = int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return value if value >= 0 else None
+    return value if 0 <= value <= _INT_MAX else None
 
 
 def requested_page(body: Mapping[str, Any], params: Mapping[str, str]) -> Page | None:

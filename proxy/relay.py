@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ MAX_TARGET_BYTES = 64 * 1024  # and at 4 KB for the request line (`http.max_init
 BUFFERED_BODY = 1 << 20  # client body bytes held before reading from the client pauses
 MAX_QUEUED = 32  # pipelined requests held before reading from the client pauses
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+DISCARD_LIMIT = 128 << 20  # body bytes read and dropped after an answer that did not need them, before closing
+DISCARD_S = 30.0  # and for how long
 _COALESCE = 64 * 1024  # a response head waits for a body up to this size, to go out with it
 _HOLD_S = 0.002  # how long the start of a chunked answer may wait for its end
 
@@ -64,15 +67,25 @@ class _TooLarge(Exception):
 class ClientBody:
     """A request body as it arrives: buffered until an exchange attaches (then written straight through)."""
 
-    __slots__ = ("conn", "chunks", "size", "finished", "exchange", "_waiter")
+    __slots__ = ("conn", "chunks", "size", "finished", "exchange", "awaits_continue", "discarding", "_waiter")
 
-    def __init__(self, conn: ClientConnection, finished: bool):
+    def __init__(self, conn: ClientConnection, finished: bool, awaits_continue: bool = False):
         self.conn = conn
         self.chunks: list[bytes] = []
         self.size = 0
         self.finished = finished
         self.exchange: Exchange | None = None
+        # `Expect: 100-continue`: the client sends the body once told to, which is when it is first wanted (so a
+        # request refused on its head alone, e.g. a 413, gets its answer without a `100 Continue` first).
+        self.awaits_continue = awaits_continue and not finished
+        self.discarding = False
         self._waiter: asyncio.Future[None] | None = None
+
+    def _continue(self) -> None:
+        if self.awaits_continue:
+            self.awaits_continue = False
+            if not self.finished:  # a client that did not wait has sent it all: no need to ask for it
+                self.conn.write(_CONTINUE)
 
     @property
     def empty(self) -> bool:
@@ -80,6 +93,10 @@ class ClientBody:
 
     def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
+        if self.discarding:
+            if self.size > DISCARD_LIMIT:
+                self._wake()  # too much to drop quietly: the connection closes instead
+            return
         exchange = self.exchange
         if exchange is not None:
             exchange.write_body(chunk)
@@ -99,6 +116,7 @@ class ClientBody:
         self._wake()
 
     def attach(self, exchange: Exchange) -> None:
+        self._continue()
         self.exchange = exchange
         for chunk in self.chunks:
             exchange.write_body(chunk)
@@ -108,6 +126,7 @@ class ClientBody:
 
     async def read(self, limit: int) -> bytes | None:
         """The whole body, or None when it is larger than `limit` (what was read so far stays buffered)."""
+        self._continue()
         while not self.finished and self.size <= limit:
             self._waiter = self.conn.loop.create_future()
             self.conn.resume_reading()
@@ -117,6 +136,24 @@ class ClientBody:
         data = b"".join(self.chunks)
         self._release()
         return data
+
+    async def discard(self) -> bool:
+        """Reads the rest of a body the request was answered without, and drops it, as the clusters do, so the
+        connection stays usable; False when that cannot be done (too much left, too slow, or a client that was
+        never told to send it): the connection must close."""
+        if self.awaits_continue:
+            return False
+        self.discarding = True
+        self._release()
+        try:
+            async with asyncio.timeout(DISCARD_S):
+                while not self.finished and self.size <= DISCARD_LIMIT:
+                    self._waiter = self.conn.loop.create_future()
+                    self.conn.resume_reading()
+                    await self._waiter
+        except TimeoutError:
+            return False
+        return self.finished
 
     def _release(self) -> None:
         self.conn.buffered -= sum(len(c) for c in self.chunks)
@@ -161,6 +198,7 @@ class _ClientSink:
         self.exchange = exchange
         head = exchange.head
         request = self.request
+        # The clusters answer in the client's version (the relay asked in 1.1 for it).
         lines = [b"HTTP/%s %d %s\r\n" % (request.version.encode(), exchange.status, exchange.reason)]
         lines += head.lines_with_length()
         lines += self.extra
@@ -174,7 +212,7 @@ class _ClientSink:
                 must_close = True  # an HTTP/1.0 client reads to the end of the connection
         elif length is None and exchange.status not in (204, 304) and request.method != "HEAD":
             must_close = True  # the cluster frames this body by closing: so must we
-        if must_close and not self.close:
+        if (must_close or self.conn.closing) and not self.close:
             # Said only when closing is the relay's own choice: the clusters never add a `Connection` header.
             lines.append(b"connection: close\r\n")
             self.close = True
@@ -248,6 +286,8 @@ class ClientConnection(asyncio.Protocol):
         self.reading_paused = False
         self._drain_callbacks: list[Callable[[], None]] = []
         self._broken: Reply | None = None  # a request that could not be parsed: answered after those before it
+        self._in_message = False  # between a request's first byte and its last
+        self._raw_target: bytes | None = None  # the target as sent, where the parser was given a masked copy
         self.lost = False
 
     # -- asyncio.Protocol --
@@ -255,8 +295,17 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
+        if self.server.draining:  # accepted just before the listener closed
+            self.drain()
+
+    @property
+    def peer(self) -> str:
+        address = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "?"
 
     def data_received(self, data: bytes) -> None:
+        if not self._in_message and not data.isascii():
+            data = self._ascii_request_line(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -266,7 +315,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.server.connections.discard(self)
+        self.server.forget(self)
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()  # its upstream exchange is aborted and its pool slot freed
         self._wake()
@@ -280,11 +329,27 @@ class ClientConnection(asyncio.Protocol):
         for callback in callbacks:
             callback()
 
+    def _ascii_request_line(self, data: bytes) -> bytes:
+        """llhttp refuses bytes past ASCII in a request target, which the clusters accept (a raw UTF-8 `q=`): the
+        parser gets a copy with each such byte masked, and the relay keeps the target as it came."""
+        end = data.find(b"\n")
+        line = data[:end] if end >= 0 else b""
+        if not line or line.isascii():
+            return data  # not a request line of this read, or a body byte: the parser's to judge
+        method, _, rest = line.partition(b" ")
+        target = rest.rpartition(b" ")[0] if b" " in rest else b""
+        if not target:
+            return data
+        self._raw_target = target
+        masked = bytes(b if b < 0x80 else 0x78 for b in target)  # `x`: a byte llhttp takes anywhere in a target
+        return method + b" " + masked + line[len(method) + 1 + len(target):] + data[end:]
+
     # -- httptools callbacks --
 
     def on_message_begin(self) -> None:
         self._head = RequestHead()
         self._url = []
+        self._in_message = True
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -306,10 +371,13 @@ class ClientConnection(asyncio.Protocol):
         head.version = parser.get_http_version()
         head.keep_alive = parser.should_keep_alive()
         head.target = b"".join(self._url)
+        if self._raw_target is not None:
+            head.target, self._raw_target = self._raw_target, None
         if head.connection:
             head.finish()
         no_body = not head.chunked and head.content_length in (None, b"0")
-        incoming = Incoming(head, ClientBody(self, finished=no_body))
+        awaits = head.expect == b"100-continue" and head.version == "1.1"
+        incoming = Incoming(head, ClientBody(self, finished=no_body, awaits_continue=awaits))
         self._parsing = incoming
         self.queue.append(incoming)
         if len(self.queue) > MAX_QUEUED:
@@ -327,6 +395,24 @@ class ClientConnection(asyncio.Protocol):
         if incoming is not None and not incoming.body.finished:
             incoming.body.finish()
         self._parsing = None
+        self._in_message = False
+
+    # -- shutting down --
+
+    @property
+    def closing(self) -> bool:
+        """The server drains and nothing else is queued here: the answer now written is this connection's last."""
+        return self.server.draining and not self.queue
+
+    @property
+    def idle(self) -> bool:
+        """No request being received, queued or served: closing now loses nothing."""
+        return not self._in_message and not self.queue and (self._worker is None or self._wakeup is not None)
+
+    def drain(self) -> None:
+        """The server stops: an idle connection closes now, a busy one after the answers it owes."""
+        if self.idle:
+            self.close()
 
     # -- reading and writing --
 
@@ -375,6 +461,7 @@ class ClientConnection(asyncio.Protocol):
             status, message = cause.status, str(cause)
         else:
             status, message = 400, f"invalid HTTP request: {err}"
+        log.warning("malformed request from %s answered %d: %s", self.peer, status, message)
         self._broken = es_error_reply(status, "illegal_argument_exception", message)
         self.pause_reading()
         self._parsing = None
@@ -406,8 +493,12 @@ class ClientConnection(asyncio.Protocol):
                         self.write(self._broken.serialize(close=True))
                         self.close()
                         return
+                    if self.server.draining and not self._in_message:
+                        self.close()
+                        return
                     self._wakeup = self.loop.create_future()
                     await self._wakeup
+                    self._wakeup = None
                     continue
                 incoming = self.queue.popleft()
                 self.resume_reading()
@@ -423,10 +514,8 @@ class ClientConnection(asyncio.Protocol):
     async def _serve(self, incoming: Incoming) -> bool:
         """One request, answered; whether the connection can take the next one."""
         head = incoming.head
-        if head.expect == b"100-continue" and head.version == "1.1" and not incoming.body.finished:
-            self.write(_CONTINUE)
         if not head.target.startswith(b"/") and not (head.target == b"*" and head.method == "OPTIONS"):
-            return self._answer(head, incoming.body, es_error_reply(
+            return await self._answer(head, incoming.body, es_error_reply(
                 400, "illegal_argument_exception",
                 f"{head.method} with a target that is not a path is not served: this is not a forward proxy"))
         app = self.server.app
@@ -435,25 +524,28 @@ class ClientConnection(asyncio.Protocol):
             try:
                 answer = await app.handle(incoming, route)
             except UpstreamError as err:
-                return self._upstream_failed(head, incoming.body, err)
+                return await self._upstream_failed(head, incoming.body, err)
             except Exception as err:  # a bug of ours: said in the cluster's error format, the connection kept
                 log.exception("error handling %s %r", head.method, head.target)
-                return self._answer(head, incoming.body, es_error_reply(
+                return await self._answer(head, incoming.body, es_error_reply(
                     500, "rerank_proxy_exception", f"{type(err).__name__}: {err}"))
             if isinstance(answer, Reply):
-                return self._answer(head, incoming.body, answer)
+                return await self._answer(head, incoming.body, answer)
             return await self._pass(incoming, answer.body, answer.extra_lines)
         return await self._pass(incoming, None, ())
 
-    def _answer(self, head: RequestHead, body: ClientBody, reply: Reply) -> bool:
-        unread = not body.finished  # the rest of a body cannot be skipped safely: the connection ends here
-        announce = unread and head.keep_alive
-        self.write(reply.serialize(head.version, close=announce, head_only=head.method == "HEAD"))
-        return head.keep_alive and not unread
+    async def _answer(self, head: RequestHead, body: ClientBody, reply: Reply) -> bool:
+        # A body the answer did not need is read and dropped, unless its client was never told to send it.
+        last = reply.close or self.closing or (
+            not body.finished and (body.awaits_continue or _declared(head) > DISCARD_LIMIT))
+        self.write(reply.serialize(head.version, close=last and head.keep_alive, head_only=head.method == "HEAD"))
+        if not head.keep_alive or last:
+            return False
+        return body.finished or await body.discard()
 
-    def _upstream_failed(self, head: RequestHead, body: ClientBody, err: UpstreamError) -> bool:
+    async def _upstream_failed(self, head: RequestHead, body: ClientBody, err: UpstreamError) -> bool:
         self.server.record_upstream_error(err)
-        return self._answer(head, body, es_error_reply(err.status, err.error_type, str(err)))
+        return await self._answer(head, body, es_error_reply(err.status, err.error_type, str(err)))
 
     async def _pass(self, incoming: Incoming, body: bytes | None, extra: Sequence[bytes]) -> bool:
         head = incoming.head
@@ -481,8 +573,14 @@ class ClientConnection(asyncio.Protocol):
             if sink.started or sink.exchange is not None:
                 self.abort()  # the head went out: cutting the connection is the only honest way to say it broke
                 return False
-            return self._upstream_failed(head, incoming.body, err)
+            return await self._upstream_failed(head, incoming.body, err)
         return not sink.close and incoming.body.finished
+
+
+def _declared(head: RequestHead) -> int:
+    """The body length the client announced (0 for none or a chunked body)."""
+    length = head.content_length
+    return int(length) if length is not None and length.isdigit() else 0
 
 
 class RelayServer:
@@ -495,6 +593,8 @@ class RelayServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_upstream_error = on_upstream_error
         self._server: asyncio.Server | None = None
+        self.draining = False
+        self._drained: asyncio.Event | None = None
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -504,11 +604,36 @@ class RelayServer:
         if self._on_upstream_error is not None:
             self._on_upstream_error(err)
 
-    async def listen(self, host: str, port: int) -> tuple[str, int]:
+    def forget(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if self._drained is not None and not self.connections:
+            self._drained.set()
+
+    async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
         self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True
+            lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True, ssl=tls
         )
         return self._server.sockets[0].getsockname()[:2]
+
+    def stop_accepting(self) -> None:
+        """New connections are refused from now on; the open ones finish the requests they have begun, then close."""
+        self.draining = True
+        self._drained = asyncio.Event()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        if not self.connections:
+            self._drained.set()
+
+    async def drained(self, grace_s: float) -> int:
+        """Waits up to `grace_s` for every connection to close; the connections still open then (cut by `close`)."""
+        assert self._drained is not None, "stop_accepting first"
+        try:
+            await asyncio.wait_for(self._drained.wait(), grace_s)
+        except TimeoutError:
+            pass
+        return len(self.connections)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -1,6 +1,8 @@
-"""Which per-index rule applies to a search: patterns, comma lists, wildcards and aliases resolve to one config."""
+"""Which per-index rule applies to a search: patterns, comma lists, wildcards and aliases resolve to one config;
+and how many hits the searched indices let one search ask for (`index.max_result_window`)."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -8,6 +10,8 @@ from dataclasses import dataclass
 from .config import Config, IndexRule, RerankSettings
 
 AliasLookup = Callable[[str], Awaitable[list[str]]]  # alias or pattern -> concrete index names
+# index expression -> the smallest `index.max_result_window` of the indices it names (None: not known)
+ResultWindowLookup = Callable[[str], Awaitable[int | None]]
 
 
 @dataclass(frozen=True)
@@ -66,3 +70,59 @@ class IndexResolver:
             return [name]
         self._cache[name] = (now, indices)
         return indices
+
+
+class ResultWindows:
+    """`index.max_result_window` of the indices a search reads (the smallest, for several), asked of the cluster
+    once per TTL per index expression; concurrent searches on a cold entry share one lookup. None: unknown (the
+    lookup failed or found nothing), which leaves the rerank window as configured."""
+
+    MAX_ENTRIES = 4096  # index expressions come from clients: the cache must not grow without bound
+
+    def __init__(self, lookup: ResultWindowLookup, ttl_s: float):
+        self._lookup = lookup
+        self._ttl = ttl_s
+        self._cache: dict[str, tuple[float, int | None]] = {}
+        self._pending: dict[str, asyncio.Future[int | None]] = {}
+
+    async def limit(self, expression: str | None) -> int | None:
+        key = expression or "_all"
+        hit = self._cache.get(key)
+        if hit and time.monotonic() - hit[0] < self._ttl:
+            return hit[1]
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(key))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        return await asyncio.shield(pending)  # a search that goes away does not cancel the others' lookup
+
+    async def _fetch(self, key: str) -> int | None:
+        try:
+            value = await self._lookup(key)
+        except Exception:  # the cluster will answer the search itself; no clamp meanwhile, and no caching
+            return None
+        if len(self._cache) >= self.MAX_ENTRIES:
+            now = time.monotonic()
+            self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self._ttl}
+            while len(self._cache) >= self.MAX_ENTRIES:
+                del self._cache[next(iter(self._cache))]
+        self._cache[key] = (time.monotonic(), value)
+        return value
+
+
+def smallest_result_window(settings: object) -> int | None:
+    """The smallest `index.max_result_window` in a `GET /{index}/_settings/index.max_result_window?include_defaults`
+    answer (flat settings), None when it names none."""
+    found: list[int] = []
+    if isinstance(settings, dict):
+        for index in settings.values():
+            if not isinstance(index, dict):
+                continue
+            for section in ("settings", "defaults"):
+                values = index.get(section)
+                value = values.get("index.max_result_window") if isinstance(values, dict) else None
+                if isinstance(value, (str, int)) and str(value).isdigit():
+                    found.append(int(value))
+                    break
+    return min(found) if found else None

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerank.chunking import chunk_documents
-from rerank.engine import ModelUnavailable, Overloaded, ScoringEngine
-from rerank.ranking import rank
+from rerank.engine import CircuitOpen, ModelLoading, ModelUnavailable, Overloaded, ScoringEngine
+from rerank.ranking import rank, scored_prefix
 from rerank.text import build_document_text
 
 from . import metrics
 from .config import Config, RerankSettings
-from .decide import Decision, Page, decide
+from .decide import Decision, Page, decide, requested_page
 from .query_text import extract_query_text
 from .request_rewrite import ClientView, rewrite_search
-from .resolve import IndexResolver
+from .resolve import IndexResolver, ResultWindows
 from .response_rewrite import apply_client_filter_path, rewrite_hits
 from .view import SourceFilter
 from .variants import apply_variant
@@ -73,6 +73,19 @@ async def _settings(
     return settings, "disabled" if resolution.explicit or varied else "not-configured"
 
 
+async def _within_result_window(
+    windows: ResultWindows | None, index: str | None, page: Page, settings: RerankSettings
+) -> RerankSettings | Decision:
+    """The settings with the rerank window cut to what the searched indices let one search fetch
+    (`index.max_result_window`); or, for a page past that limit, the decision to let the cluster refuse it."""
+    limit = await windows.limit(index) if windows is not None else None
+    if limit is None:
+        return settings
+    if page.from_ + page.size > limit:
+        return Decision(False, "over-max-result-window")
+    return settings.model_copy(update={"window": limit}) if settings.window > limit else settings
+
+
 async def plan_search(
     config: Config,
     resolver: IndexResolver,
@@ -80,7 +93,9 @@ async def plan_search(
     body: Mapping[str, Any] | None,
     params: Sequence[tuple[str, str]],
     options: RequestOptions,
+    result_windows: ResultWindows | None = None,
 ) -> Plan:
+    """`result_windows`: where the searched indices' `index.max_result_window` is looked up (None: not at all)."""
     if options.force == "off":  # before resolving: no alias lookup for a search that is relayed as is
         return Plan(Decision(False, "header-off"), options.variant)
     flat = dict(params)
@@ -92,6 +107,12 @@ async def plan_search(
     if not decision.rerank:
         return Plan(decision, options.variant)
     assert settings is not None
+    page = requested_page(body or {}, flat)
+    assert page is not None, "decide() rejects searches without a valid page"
+    within = await _within_result_window(result_windows, index, page, settings)
+    if isinstance(within, Decision):
+        return Plan(within, options.variant)
+    settings = within
     try:
         upstream, view = rewrite_search(body, params, settings.window, settings.text.source_fields())
     except ValueError:
@@ -105,9 +126,9 @@ async def plan_search(
 def _int(value: Any, default: int) -> int | None:
     try:
         number = int(value) if value is not None else default
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return number if number >= 0 else None
+    return number if 0 <= number <= 2**31 - 1 else None  # a Java int, as the template's `from`/`size` become
 
 
 async def plan_template(
@@ -117,6 +138,7 @@ async def plan_template(
     body: Mapping[str, Any] | None,
     params: Sequence[tuple[str, str]],
     options: RequestOptions,
+    result_windows: ResultWindows | None = None,
 ) -> Plan:
     """Search templates hide the DSL; the query text and the page come from the template params named in config."""
     if options.force == "off":
@@ -135,6 +157,11 @@ async def plan_template(
     from_, size = _int(tparams.get(names.from_), 0), _int(tparams.get(names.size), 10)
     if from_ is None or size is None:
         return Plan(Decision(False, "bad-page"), options.variant)
+    if names.size in tparams:  # the page is the proxy's to set: within the indices' max_result_window
+        within = await _within_result_window(result_windows, index, Page(from_, size), settings)
+        if isinstance(within, Decision):
+            return Plan(within, options.variant)
+        settings = within
     if from_ >= settings.window:
         return Plan(Decision(False, "page-past-window"), options.variant)
     window = settings.window if names.size in tparams else None
@@ -154,6 +181,8 @@ async def plan_template(
 
 _FALLBACK_REASONS: dict[type, str] = {
     ModelUnavailable: "model-unavailable",
+    ModelLoading: "model-loading",
+    CircuitOpen: "circuit-open",
     Overloaded: "overloaded",
     asyncio.TimeoutError: "deadline",
 }
@@ -185,8 +214,14 @@ async def finish(
         )
         if chunked:
             scores, best_chunks = chunked.best(len(texts), scores)
-        scored = sum(s is not None for s in scores)
-        status = "reranked" if scored == len(scores) else f"partial; reranked={scored}"
+        reranked = scored_prefix(scores)  # the top hits the new order covers; the rest keep the cluster's
+        if reranked == len(scores):
+            status = "reranked"
+        elif reranked:
+            status = f"partial; reranked={reranked}"
+        else:  # scores came, but not for the top hit: nothing is reordered
+            metrics.FALLBACKS.labels(plan.model, "deadline").inc()
+            status = "fallback; reason=deadline"
     except Exception as err:  # never fail a search because of the model
         reason = _FALLBACK_REASONS.get(type(err), "model-error")
         metrics.FALLBACKS.labels(plan.model, reason).inc()

@@ -1,9 +1,15 @@
 """The HTTP side of a search: from the client's request to the rerank pipeline (`search.py`) and back.
 
-A search is read whole, planned, and either passed through as the client sent it (skipped: the relay then streams
+A search is read whole (up to `max_search_body_bytes`: a larger one is answered 413, as the clusters answer a body
+over their own limit), planned, and either passed through as the client sent it (skipped: the relay then streams
 the cluster's answer untouched) or sent to the cluster rewritten, its answer reranked and re-serialised. The
 rewritten request keeps the client's raw path, every query parameter the proxy does not take over byte for byte,
 and the client's media types.
+
+A 200 the proxy cannot read or write back (nested past what orjson reads, or past what the `_source`/`filter_path`
+re-filtering recurses to) is not answered from the rewritten request, which asked for another page: the client's
+request goes to the cluster again as it came, and its answer is relayed with `fallback; reason=unparseable` or
+`fallback; reason=unserialisable`.
 """
 from __future__ import annotations
 
@@ -15,36 +21,61 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
 from . import metrics
 from .errors import es_error_reply
-from .ndjson import NdjsonError, item_index, parse_msearch, serialize_msearch, strict_loads
+from .ndjson import NdjsonError, TooDeep, dumps, item_index, parse_msearch, serialize_msearch, strict_loads
 from .relay import Incoming, PassThrough
+from .resolve import ResultWindows, smallest_result_window
 from .routing import Kind
 from .search import Outcome, Plan, RequestOptions, finish, plan_search, plan_template
 from .upstream import Collected
 from .variants import CONTROL, UnknownVariant, choose_variant
 from .view import apply_filter_path
-from .wire import HeaderView, Reply, RequestHead, filtered_target, header_line
+from .wire import HeaderView, Reply, RequestHead, filtered_target, header_line, reason_for
 
-# The clusters refuse bodies over 100 MB (`http.max_content_length`); a larger search is theirs to refuse.
-MAX_SEARCH_BODY = 100 * 1024 * 1024
 _NON_JSON = ("smile", "cbor", "yaml")
 _COMPATIBLE = re.compile(r"compatible-with\s*=\s*(\d+)")
 _DROPPED_ON_REWRITE = (b"content-encoding",)  # a rewritten body is sent as plain JSON
 
 
-def _decompress(data: bytes, encoding: str) -> bytes:
+class _Inflated(ValueError):
+    """A compressed body that inflates past the limit: not held in memory, and not the proxy's to refuse."""
+
+
+def _decompress(data: bytes, encoding: str, limit: int | None = None) -> bytes:
+    """The body as sent before `encoding`; at most `limit` bytes of it, else `_Inflated`. Strict: anything the
+    cluster might read differently (a damaged stream, bytes after the last gzip member) raises, and the request is
+    then the cluster's to answer as sent."""
     encoding = encoding.strip().lower()
-    if encoding in ("gzip", "x-gzip"):
-        return gzip.decompress(data)
-    if encoding == "deflate":
-        return zlib.decompress(data)
-    if encoding in ("", "identity"):
+    if encoding in ("", "identity") or not data:  # no body at all, whatever it says it is encoded with
         return data
-    raise ValueError(f"unsupported content encoding {encoding}")
+    if encoding in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        wbits = zlib.MAX_WBITS
+    else:
+        raise ValueError(f"unsupported content encoding {encoding}")
+    out: list[bytes] = []
+    size = 0
+    while True:  # gzip members follow one another (RFC 1952 2.2): the cluster reads them as one stream
+        stream = zlib.decompressobj(wbits)
+        chunk = stream.decompress(data, 0 if limit is None else limit + 1 - size)
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise _Inflated(f"the body inflates past {limit} bytes")
+        out.append(chunk)
+        if not stream.eof:
+            raise EOFError("the compressed body ends before its stream does")
+        data = stream.unused_data
+        if not data or wbits == zlib.MAX_WBITS:
+            break
+    if data:
+        raise ValueError("bytes after the compressed stream")
+    return b"".join(out)
 
 
 def _compress(data: bytes, encoding: str) -> bytes:
@@ -63,12 +94,23 @@ def _status_lines(statuses: list[str], variant: str) -> list[bytes]:
     ]
 
 
+def header_text(value: str | None) -> str | None:
+    """A header value (as HeaderView gives it, latin-1) as text: its bytes read as UTF-8 where they are UTF-8 (curl,
+    Go, Java and JavaScript clients send it so), else as latin-1 (what Python's http.client writes a str as)."""
+    if not value:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
 def request_options(headers: Mapping[str, str], variant: str) -> RequestOptions:
     force = headers.get("X-Rerank", "").strip().lower() or None
     return RequestOptions(
         force=force if force in ("on", "off") else None,
         variant=variant,
-        query_override=headers.get("X-Rerank-Query") or None,
+        query_override=header_text(headers.get("X-Rerank-Query")) or None,
         explain=headers.get("X-Rerank-Explain", "").strip().lower() in ("1", "true", "on", "yes"),
     )
 
@@ -102,17 +144,23 @@ class SearchEndpoint:
 
     def __init__(self, state: Any):
         self.state = state
+        upstream = state.upstream
+
+        async def lookup(expression: str) -> int | None:
+            return await _max_result_window(upstream, expression)
+
+        self.windows = ResultWindows(lookup, state.config.upstream.alias_cache_ttl_s)
 
     async def handle(self, incoming: Incoming, kind: Kind, index: str | None) -> Reply | PassThrough:
         started = time.perf_counter()
-        declared = incoming.head.content_length
-        too_large = declared is not None and declared.isdigit() and int(declared) > MAX_SEARCH_BODY
-        raw = None if too_large else await incoming.body.read(MAX_SEARCH_BODY)
-        if raw is None:  # the cluster's to refuse; no variant is chosen for a search that is not read
-            status = "skipped; reason=body-too-large"
-            metrics.record_search(status, CONTROL)
-            return PassThrough(None, _status_lines([status], CONTROL))
         head = incoming.head
+        limit = self.state.config.max_search_body_bytes
+        declared = head.content_length
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _too_large(incoming)  # at once: not a byte of the body is read
+        raw = await incoming.body.read(limit)
+        if raw is None:  # a chunked body that grew past the limit: read no further, close (as the clusters do)
+            return await _too_large(incoming, close=True)
         headers = head.header_view()
         try:
             choice = choose_variant(self.state.config, headers)
@@ -121,7 +169,9 @@ class SearchEndpoint:
         metrics.counter(metrics.VARIANTS, choice.name, choice.how).inc()
         search = _Search(head, headers, raw, head.query(), request_options(headers, choice.name), started)
         try:
-            text: bytes | None = _decompress(raw, headers.get("Content-Encoding", ""))
+            text: bytes | None = _decompress(raw, headers.get("Content-Encoding", ""), limit)
+        except _Inflated:  # what the proxy does not hold: the cluster's to answer (over its own limit: its 413)
+            return self._skip(search, ["skipped; reason=body-too-large"])
         except (OSError, ValueError, zlib.error, EOFError):
             text = None
         accept = headers.get("Accept", "") + dict(search.params).get("format", "")
@@ -136,42 +186,57 @@ class SearchEndpoint:
         try:
             # Strict: duplicate keys, which the cluster refuses, must not be collapsed into a body it accepts.
             body = strict_loads(text) if text.strip() else None
+        except TooDeep:  # the cluster may take it (OpenSearch has no depth limit): its own answer, as sent
+            return self._skip(search, ["skipped; reason=too-deep"])
         except NdjsonError:
             body = []  # not an object: the cluster answers with its own parse error
         if body is not None and not isinstance(body, dict):
             return self._skip(search, ["skipped; reason=bad-request"])
         planner = plan_template if kind is Kind.SEARCH_TEMPLATE else plan_search
-        plan = await planner(self.state.config, self.state.resolver, index, body, search.params, search.options)
+        plan = await planner(
+            self.state.config, self.state.resolver, index, body, search.params, search.options, self.windows
+        )
         if not plan.decision.rerank:
             return self._skip(search, [plan.skip_status])
-        reply = await self._ask_cluster(search, orjson.dumps(plan.upstream_body), plan.upstream_params or [], False)
-        document = _document(reply)
+        reply = await self._ask_cluster(search, dumps(plan.upstream_body), plan.upstream_params or [], False)
+        try:
+            document = _document(reply)
+        except _Unparseable:
+            return self._skip(search, ["fallback; reason=unparseable"])
         if document is None:
             return _as_sent(reply, ["skipped; reason=cluster-error"], search.options.variant)
-        outcome = await finish(plan, document, self.state.engine, search.options, opensearch=_opensearch(reply))
-        metrics.RERANK_SECONDS.observe(outcome.took_ms / 1000)
-        return self._reranked(search, reply, outcome.response, [outcome])
+        try:
+            outcome = await finish(plan, document, self.state.engine, search.options, opensearch=_opensearch(reply))
+            metrics.RERANK_SECONDS.observe(outcome.took_ms / 1000)
+            return self._reranked(search, reply, outcome.response, [outcome])
+        except _UNSERIALISABLE:
+            return self._skip(search, ["fallback; reason=unserialisable"])
 
     async def _msearch(self, search: _Search, text: bytes, index: str | None, kind: Kind) -> Reply | PassThrough:
         try:
             items = parse_msearch(text) if _utf8(search.params) else []
+        except TooDeep:
+            return self._skip(search, ["skipped; reason=too-deep"])
         except NdjsonError:
             items = []
         if not items:
             return self._skip(search, ["skipped; reason=bad-request"])
         planner = plan_template if kind is Kind.MSEARCH_TEMPLATE else plan_search
         config, resolver, options = self.state.config, self.state.resolver, search.options
-        plans: list[Plan] = await asyncio.gather(
-            *(planner(config, resolver, item_index(item, index), item.body, [], options) for item in items)
-        )
+        plans: list[Plan] = await asyncio.gather(*(
+            planner(config, resolver, item_index(item, index), item.body, [], options, self.windows) for item in items
+        ))
         if not any(p.decision.rerank for p in plans):
             return self._skip(search, [p.skip_status for p in plans])
         lines = []
         for item, plan in zip(items, plans):
-            lines += [item.raw_header, orjson.dumps(plan.upstream_body) if plan.decision.rerank else item.raw_body]
+            lines += [item.raw_header, dumps(plan.upstream_body) if plan.decision.rerank else item.raw_body]
         kept = [(k, v) for k, v in search.params if k != "filter_path"]
         reply = await self._ask_cluster(search, serialize_msearch(lines), kept, True)
-        decoded = _document(reply)
+        try:
+            decoded = _document(reply)
+        except _Unparseable:
+            return self._skip(search, ["fallback; reason=unparseable"])
         responses = decoded.get("responses") if isinstance(decoded, dict) else None
         if not isinstance(responses, list) or len(responses) != len(plans):
             return _as_sent(reply, ["skipped; reason=cluster-error"], options.variant)
@@ -182,12 +247,15 @@ class SearchEndpoint:
                 return Outcome(item_response, plan.skip_status, 0.0)
             return await finish(plan, item_response, self.state.engine, options, opensearch=opensearch)
 
-        outcomes = await asyncio.gather(*(one(p, r) for p, r in zip(plans, responses)))
-        decoded["responses"] = [o.response for o in outcomes]
-        filter_path = dict(search.params).get("filter_path")
-        if filter_path:
-            decoded = apply_filter_path(decoded, filter_path, opensearch=opensearch)
-        return self._reranked(search, reply, decoded, outcomes)
+        try:
+            outcomes = await asyncio.gather(*(one(p, r) for p, r in zip(plans, responses)))
+            decoded["responses"] = [o.response for o in outcomes]
+            filter_path = dict(search.params).get("filter_path")
+            if filter_path:
+                decoded = apply_filter_path(decoded, filter_path, opensearch=opensearch)
+            return self._reranked(search, reply, decoded, outcomes)
+        except _UNSERIALISABLE:
+            return self._skip(search, ["fallback; reason=unserialisable"])
 
     @staticmethod
     def _skip(search: _Search, statuses: list[str]) -> PassThrough:
@@ -210,12 +278,11 @@ class SearchEndpoint:
     @staticmethod
     def _reranked(search: _Search, reply: Collected, document: Any, outcomes: list[Outcome]) -> Reply:
         variant = search.options.variant
-        for outcome in outcomes:
-            metrics.record_search(outcome.status, variant)
         pretty = dict(search.params).get("pretty")
-        option = orjson.OPT_INDENT_2 if pretty is not None and pretty != "false" else 0
         encoding = reply.head.get("Content-Encoding") or ""
-        payload = _compress(orjson.dumps(document, option=option), encoding)
+        payload = _compress(dumps(document, pretty=pretty is not None and pretty != "false"), encoding)
+        for outcome in outcomes:  # once the answer is written: one that cannot be is counted as its fallback
+            metrics.record_search(outcome.status, variant)
         took = f"{(time.perf_counter() - search.started) * 1000:.1f}".encode()
         lines = [*reply.head.lines, *_status_lines([o.status for o in outcomes], variant)]
         lines.append(header_line(b"X-Rerank-Took-Ms", took))
@@ -233,13 +300,55 @@ def _utf8(params: list[tuple[str, str]]) -> bool:
     return True
 
 
+class _Unparseable(Exception):
+    """A 200 answer the proxy cannot read (nested deeper than orjson reads, or not JSON after all)."""
+
+
+# What re-serialising a response can run into: parts nested past what the recursive steps (`_source` filtering,
+# `filter_path`) walk, or past what orjson writes.
+_UNSERIALISABLE = (RecursionError, orjson.JSONEncodeError)
+
+
 def _document(reply: Collected) -> Any:
-    """The decoded JSON of a 200 answer, None for anything else."""
+    """The decoded JSON of a 200 answer, None for any other status; raises `_Unparseable`."""
     if reply.status != 200:
         return None
     try:
         return orjson.loads(_decompress(reply.body, reply.head.get("Content-Encoding") or ""))
     except (ValueError, OSError, zlib.error, EOFError):
+        raise _Unparseable from None
+
+
+async def _too_large(incoming: Incoming, close: bool = False) -> Reply:
+    """A search body over `max_search_body_bytes`: what both clusters answer a body over their
+    `http.max_content_length` (an empty 413, no content type). A declared body is then read and dropped by the
+    relay, and the connection kept, as the clusters do; a chunked one that grew past the limit ends the connection
+    (`close`), as it does on the clusters."""
+    metrics.counter(metrics.SEARCHES, "refused", "body-too-large", CONTROL).inc()
+    body = incoming.body
+    if body.finished:
+        await body.read(body.size)  # releases what is buffered
+    # The clusters say `connection: close` when the client asked to close; when the relay closes on its own
+    # account (a body left unread on a keep-alive connection) it says so itself.
+    lines = [] if incoming.head.keep_alive else [b"connection: close\r\n"]
+    return Reply(413, reason_for(413), lines, b"", close=close, version="1.1")  # HTTP/1.1 to any client, as theirs
+
+
+async def _max_result_window(upstream: Any, expression: str) -> int | None:
+    """The smallest `index.max_result_window` of the indices `expression` names, as the cluster has them (None:
+    not known). Another cluster's indices (`remote:index`) are not this cluster's to tell."""
+    names = [name for name in expression.split(",") if name and ":" not in name]
+    if not names:
+        return None
+    target = (
+        f"/{quote(','.join(names), safe=',*')}/_settings/index.max_result_window"
+        "?include_defaults=true&flat_settings=true&ignore_unavailable=true&allow_no_indices=true"
+        "&expand_wildcards=open"
+    )
+    found = await upstream.get_json_bytes(target.encode())
+    try:
+        return smallest_result_window(orjson.loads(found)) if found is not None else None
+    except orjson.JSONDecodeError:
         return None
 
 

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import signal
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ import orjson
 from rerank.engine import ScoringEngine
 
 from . import metrics
-from .admin import ADMIN_PREFIX, admin_reply
-from .config import Config, ConfigError, load_config
+from .admin import ADMIN_PREFIX, AdminGuard
+from .config import Config, ConfigError, ListenerTLS, load_config
 from .relay import Incoming, PassThrough, RelayServer
 from .resolve import IndexResolver
 from .routing import ADMIN, PASSTHROUGH, Kind, Route, classify
@@ -56,7 +57,9 @@ async def _lookup_aliases(upstream: Upstream, name: str) -> list[str]:
     return sorted(decoded) if isinstance(decoded, dict) else []
 
 
-async def build_state(config: Config, previous: ProxyState | None = None) -> ProxyState:
+async def build_state(config: Config, previous: ProxyState | None = None, wait_for_models: bool = True) -> ProxyState:
+    """`wait_for_models=False`: the models load in the background (their searches fall back meanwhile); a reload
+    always waits, so it never swaps a ready model for a loading one."""
     if previous and previous.config.upstreams == config.upstreams and previous.config.upstream == config.upstream:
         upstream = previous.upstream
     else:
@@ -69,7 +72,7 @@ async def build_state(config: Config, previous: ProxyState | None = None) -> Pro
         engine = await previous.engine.reconfigured(config.models)
     else:
         engine = ScoringEngine(config.models)
-        await engine.start()
+        await engine.start(wait=wait_for_models)
     return ProxyState(config, upstream, IndexResolver(config, lookup), engine)
 
 
@@ -82,12 +85,15 @@ def _route(head: RequestHead) -> Route:
 
 
 class ProxyServer:
-    """The relay's application: claims searches and admin paths, answers them; the rest passes through."""
+    """The data port's application: claims searches (and the admin paths, when they share the data port) and
+    answers them; the rest passes through."""
 
     def __init__(self, state: ProxyState, config_path: Path | None = None, overrides: Mapping[str, Any] | None = None):
         self.state = state
         self.config_path = config_path
         self.overrides = dict(overrides or {})
+        self.admin_guard = AdminGuard.of(state.config.admin)
+        self.draining = False
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -98,7 +104,10 @@ class ProxyServer:
     def claims(self, head: RequestHead) -> Route | None:
         """The route of a request the proxy answers itself (a search, an admin path); None: pass it through."""
         raw = head.raw_path
-        if raw.startswith(b"/_rerank_proxy/") or (b"%" in raw and head.path.startswith(ADMIN_PREFIX)):
+        # With an admin listener of their own, the proxy's paths are the cluster's like any other (it refuses them).
+        if self.admin_guard.on_data_port and (
+            raw.startswith(b"/_rerank_proxy/") or (b"%" in raw and head.path.startswith(ADMIN_PREFIX))
+        ):
             return ADMIN
         route = _route(head)
         metrics.counter(metrics.REQUESTS, route.kind.value).inc()
@@ -106,7 +115,7 @@ class ProxyServer:
 
     async def handle(self, incoming: Incoming, route: Route) -> Reply | PassThrough:
         if route.kind is Kind.ADMIN:
-            return await admin_reply(incoming.head, self)
+            return await self.admin_guard.answer(incoming.head, self)
         return await self.state.searches.handle(incoming, route.kind, route.index)
 
     @staticmethod
@@ -131,8 +140,13 @@ class ProxyServer:
                 raise
             if config.listen != self.state.config.listen:
                 log.warning("listen changed to %s: takes effect on restart", config.listen)
+            if config.admin.listen != self.state.config.admin.listen or config.tls != self.state.config.tls:
+                log.warning("admin.listen or tls changed: takes effect on restart")
+            guard = AdminGuard.of(config.admin) if config.admin.listen == self.state.config.admin.listen else None
             old = self.state
             self.state = await build_state(config, old)
+            if guard is not None:
+                self.admin_guard = guard
             metrics.RELOADS.labels("ok").inc()
             await old.engine.close_unused(self.state.engine)
             if old.upstream is not self.state.upstream:
@@ -164,25 +178,90 @@ class ProxyServer:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
 
 
-class Runner:
-    """What `start_server` returns beside the server: `cleanup()` stops listening and closes engine and pool."""
+class AdminApplication:
+    """The admin listener's application: every path on it is the proxy's own; nothing reaches the cluster."""
 
-    def __init__(self, server: ProxyServer, relay: RelayServer):
+    def __init__(self, server: ProxyServer):
         self.server = server
-        self.relay = relay
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.server.upstream
+
+    def claims(self, head: RequestHead) -> Route:
+        return ADMIN
+
+    async def handle(self, incoming: Incoming, route: Route) -> Reply:
+        return await self.server.admin_guard.answer(incoming.head, self.server)
+
+
+def tls_context(tls: ListenerTLS) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file is not None:
+        context.load_verify_locations(tls.client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED if tls.client_auth == "required" else ssl.CERT_OPTIONAL
+    return context
+
+
+async def _listen(relay: RelayServer, address: str, tls: ListenerTLS | None) -> str:
+    host, _, port = address.rpartition(":")
+    try:
+        context = tls_context(tls) if tls is not None else None
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"tls: cannot load the certificate or key: {err}") from None
+    _, bound = await relay.listen(host.strip("[]"), int(port), context)
+    return f"{'https' if tls else 'http'}://{host}:{bound}"
+
+
+@dataclass
+class Serving:
+    """A started proxy: its application, listeners and URLs. `admin_url` is the data URL when the admin endpoints
+    share the data port."""
+
+    server: ProxyServer
+    url: str
+    admin_url: str
+    relays: list[RelayServer]
+
+    def stop_accepting(self) -> None:
+        """No new connections from now on; idle ones close, busy ones after the answers they owe."""
+        self.server.draining = True
+        for relay in self.relays:
+            relay.stop_accepting()
+
+    async def drained(self, grace_s: float) -> int:
+        """Waits up to `grace_s` for the requests in flight to finish; the connections still open then."""
+        left = await asyncio.gather(*(relay.drained(grace_s) for relay in self.relays))
+        return sum(left)
 
     async def cleanup(self) -> None:
-        await self.relay.close()
+        for relay in self.relays:
+            await relay.close()
         await self.server.shutdown()
 
 
 async def start_server(
-    config: Config, config_path: Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> tuple[ProxyServer, Runner, str]:
-    """Starts serving on `config.listen` (port 0 picks a free one) and returns the server, its runner and its URL."""
-    state = await build_state(config)
+    config: Config, config_path: Path | None = None, overrides: Mapping[str, Any] | None = None,
+    *, wait_for_models: bool = True,
+) -> Serving:
+    """Starts serving on `config.listen` (port 0 picks a free one) and, unless the admin endpoints share it, on
+    `config.admin.listen`. `wait_for_models=False` opens the ports at once, the models loading meanwhile."""
+    AdminGuard.of(config.admin)  # a missing token stops the start before any model loads
+    state = await build_state(config, wait_for_models=wait_for_models)
     server = ProxyServer(state, config_path, overrides)
     relay = RelayServer(server, server.record_upstream_error)
-    host, _, port = config.listen.rpartition(":")
-    _, bound = await relay.listen(host.strip("[]"), int(port))
-    return server, Runner(server, relay), f"http://{host}:{bound}"
+    relays = [relay]
+    try:
+        url = await _listen(relay, config.listen, config.tls)
+        admin_url = url
+        if config.admin.listen is not None:
+            admin = RelayServer(AdminApplication(server))
+            relays.append(admin)
+            admin_url = await _listen(admin, config.admin.listen, config.admin.tls)
+    except BaseException:
+        for started in relays:
+            await started.close()
+        await server.shutdown()
+        raise
+    return Serving(server, url, admin_url, relays)

@@ -111,7 +111,7 @@ class Exchange:
     """One request and its response on one connection. `done` resolves when the response has ended."""
 
     __slots__ = (
-        "conn", "sink", "head_only", "done", "head", "reason", "status", "request_sent",
+        "conn", "sink", "head_only", "done", "head", "reason", "status", "request_sent", "answered",
         "response_started", "chunked_body", "timed_out", "_until_close",
     )
 
@@ -125,6 +125,7 @@ class Exchange:
         self.reason = b""
         self.status = 0
         self.request_sent = False
+        self.answered = False  # a byte of the answer arrived: the cluster took the request, it is never sent again
         self.response_started = False
         self.timed_out = False
         self._until_close = False
@@ -206,6 +207,7 @@ class _Connection(asyncio.Protocol):
         self._deadline = 0.0
         self._limit = (0.0, "")
         self._timeout_error: UpstreamTimeout | None = None
+        self.idle_since = 0.0
 
     # -- asyncio.Protocol --
 
@@ -218,6 +220,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._touch()
+        exchange.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as err:
@@ -345,6 +348,7 @@ class _Pool:
         self.down_until = 0.0
         self.busy: set[_Connection] = set()  # connections with an exchange under a deadline
         self._sweep: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None  # closes the idle connections unused for too long
 
     # Deadlines are checked this often, so a timeout fires up to this late: cheaper than a timer per request.
     SWEEP_S = 0.1
@@ -399,10 +403,24 @@ class _Pool:
         """After an exchange: kept only if it ended cleanly and both sides said keep-alive."""
         conn.exchange = None
         if conn.alive and conn.reusable:
+            conn.idle_since = self.loop.time()
             self.idle.append(conn)
+            if self._expiry is None:
+                self._expire_idle()
             self._wake()
         else:
             conn.abort()  # `forget` frees its slot once the transport is gone
+
+    def _expire_idle(self) -> None:
+        """Closes the connections idle past `pool_idle_timeout_s`, oldest first (the left of `idle`: reuse takes
+        from the right), so a burst of clients leaves no sockets open for ever; then waits for the next to expire."""
+        self._expiry = None
+        limit = self.options.pool_idle_timeout_s
+        now = self.loop.time()
+        while self.idle and self.idle[0].idle_since + limit <= now:
+            self.idle.popleft().abort()
+        if self.idle:
+            self._expiry = self.loop.call_at(self.idle[0].idle_since + limit, self._expire_idle)
 
     def forget(self, conn: _Connection) -> None:
         self.open -= 1
@@ -420,9 +438,10 @@ class _Pool:
                 return
 
     def close(self) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
+        for timer in (self._sweep, self._expiry):
+            if timer is not None:
+                timer.cancel()
+        self._sweep = self._expiry = None
         for conn in list(self.idle):
             conn.abort()
         self.idle.clear()
@@ -545,7 +564,9 @@ class Upstream:
                 conn.abort()
                 conn.pool.release(conn)
                 replayable = body is None or isinstance(body, bytes)
-                if reused and replayable and not exchange.response_started and not exchange.timed_out:
+                # Only a kept connection the cluster had closed before it read the request (it answered nothing)
+                # is retried: any answer, even a garbled one, means the request may have been carried out.
+                if reused and replayable and not exchange.answered and not exchange.timed_out:
                     conn, reused = await self._connection(fresh=True)
                     continue
                 raise

@@ -19,7 +19,8 @@ HOP_BY_HOP = frozenset({
 })
 _SPECIAL = HOP_BY_HOP | {b"content-length", b"expect"}
 _REASONS = {
-    400: b"Bad Request", 404: b"Not Found", 413: b"Request Entity Too Large", 431: b"Request Header Fields Too Large",
+    200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 413: b"Request Entity Too Large",
+    431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }
 
@@ -180,8 +181,11 @@ class Reply:
     reason: bytes
     lines: list[bytes]  # header lines, without framing; Content-Length is added when serialised
     body: bytes
+    close: bool = False  # the connection ends after this answer (the relay says `Connection: close`)
+    version: str | None = None  # the status line's HTTP version; None: the client's, as the clusters answer
 
-    def serialize(self, version: str = "1.1", close: bool = False, head_only: bool = False) -> bytes:
+    def serialize(self, client_version: str = "1.1", close: bool = False, head_only: bool = False) -> bytes:
+        version = self.version or client_version
         parts = [b"HTTP/%s %d %s\r\n" % (version.encode(), self.status, self.reason), *self.lines]
         if self.status >= 200 and self.status not in (204, 304):
             parts.append(b"content-length: %d\r\n" % len(self.body))

@@ -16,24 +16,52 @@ Callers send a job (query, documents, absolute deadline) and await it. Two tasks
    one micro-batch (`max_batch_tokens`); jobs admitted while the model was busy have waited already and go at once.
 2. Take jobs earliest deadline first (with equal timeouts that is arrival order) up to `ROUND_BATCHES`
    micro-batches' worth of tokens, at least one job; the rest wait for the next round.
-3. Flatten to (query, document) pairs, one per distinct pair, sorted by length, and cut micro-batches so the padded
-   size (longest pair x pairs) stays within `max_batch_tokens` and the count within `batch_size`.
+3. Flatten to (query, document) pairs, one per distinct pair, each with its rank: its document's position in its
+   search (the cluster's order; a pair several searches want takes its best). Cut micro-batches so the padded size
+   (longest pair x pairs) stays within `max_batch_tokens` and the count within `batch_size`, each one going to the
+   model shortest first, off one of two orders, chosen before each micro-batch:
+   - shortest first (across the round's searches), the fastest: little of a call is padding. Taken while the
+     round has time to spare: TIME_TO_SPARE times what its remaining pairs should take at the model's pace
+     (`batching.Pace`: seconds per padded token, as its calls took them; the warm-up call's time seeds it slow, so
+     a new model starts rank first) is left before the earliest deadline among its searches;
+   - rank first otherwise (rank 0 of every search of the round, earliest deadline first, then rank 1, ...), so
+     what a deadline leaves scored is the top of each window, a whole number of micro-batches (the pairs scored
+     shortest first before the switch only fill it in sooner), which is what the proxy reorders
+     (rerank/ranking.py), never a search's shortest documents. Near the deadline its calls shrink to what the
+     pace fits before it, so the last ones still land. Its price is the padding of mixed lengths: about nothing
+     where documents fill the model's `max_length` (SciFact, Medline), 1.8-2x the CPU time for short ones (Vaswani,
+     XQuAD-R: 1.5-1.7x the padded tokens).
 4. Run the micro-batches one by one; after each, resolve the jobs whose pairs are all scored. Before each, pairs
    whose searches have all passed their deadline (or whose callers left) are skipped, never scored.
 
 A caller waits until its deadline at most: with some pairs scored by then it gets those scores and None for the
-rest (the proxy answers `partial`), with none it gets TimeoutError. Scores are kept in an LRU per loaded model,
-keyed by (instruction, query, document hash), so paging through one query's window never reaches the model twice.
+rest (the proxy answers `partial`; when time ran short the scored ones are the top of its window, from the
+cluster's first hit down, besides any score-cache hits), with none it gets TimeoutError. Scores are kept in an LRU
+per loaded model, keyed by (instruction, query, document hash), so paging through one query's window never reaches
+the model twice.
 A full queue refuses at once (`Overloaded`) so the proxy falls back to the cluster's order instead of piling up.
 
 Per-model knobs live in the model's spec (`max_wait_ms`, `max_batch_tokens`, `score_cache_entries`, `max_queue`);
 with `max_batch_tokens` unset, a local backend's device decides it (`ModelSpec.batch_tokens`).
+
+Loading runs as a background task per model. `start()` waits for every model's first attempt, `start(wait=False)`
+returns at once; meanwhile a search gets `ModelLoading`. A model whose load or warm-up fails is tried again, after
+`load_retry_s`, doubled for each next attempt up to `load_retry_max_s` (a little jitter), for as long as the engine
+lives: a model fixed on disk (or a remote service that comes back) is picked up without a restart.
+
+Each model has a circuit breaker (rerank/circuit.py, `ModelSpec.circuit`): a run of failed searches (the model
+raised, or the deadline passed with the search not wholly scored) opens it, and searches then get `CircuitOpen` at
+once, until a single trial search after `open_s` succeeds. A search refused as `Overloaded` says nothing about the
+model and does not count; a search served wholly from the score cache never reaches the model nor the breaker.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import math
+import random
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +70,8 @@ from dataclasses import dataclass, field, replace
 
 from . import metrics
 from .backend import Encoding, PairEncoder, Scorer, text_key
-from .batching import fits
+from .batching import Pace, fits, padded_tokens, token_batches
+from .circuit import CircuitBreaker, Ticket
 from .lru import LRU
 from .registry import load_scorer
 from .spec import ModelSpec
@@ -52,14 +81,72 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_QUEUE = 256  # searches queued or being scored, per model
 ROUND_BATCHES = 4  # a round takes about this many micro-batches of work: enough to sort lengths, short enough
 # that a search arriving meanwhile soon gets its turn (deadline order is decided per round)
+TIME_TO_SPARE = 1.5  # a round goes shortest first while this many times its expected time is left before the
+# earliest deadline among its searches; rank first otherwise
+WARM_UP_TOKENS = 4  # what the warm-up pair is taken to cost: its time, all fixed overhead, makes the first
+# estimate of the model's pace slow, so the first searches go rank first until real calls are timed
 PAIR_SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]: the estimate only needs to be close
 TOKEN_COUNT_ENTRIES = 100_000  # texts whose token count is remembered
 COUNT_CHUNK = 256  # texts per encode_pairs / count_tokens call (whole searches, at least one): in a burst of
 # searches the first ones reach the model while the next are tokenized
+LOAD_RETRY_JITTER = 0.1  # a retry waits up to this fraction less than its backoff, so proxies started together spread
 
 
 class ModelUnavailable(RuntimeError):
-    """The model is loading, failed to load or was unloaded; the caller falls back to the cluster's order."""
+    """The model cannot take searches (unknown, not loaded, unloaded); the caller falls back to the cluster's order."""
+
+
+class ModelLoading(ModelUnavailable):
+    """The model has not loaded yet: its first load is under way, or it failed and waits for its next attempt (the
+    message says the error)."""
+
+
+class CircuitOpen(ModelUnavailable):
+    """The model's circuit breaker is open (or half-open with its trial search in flight): searches fall back at
+    once instead of reaching a model that keeps failing."""
+
+
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*:)?//[^/?#\s]*@")
+_AUTH_HEADER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_KEY_VALUE = re.compile(
+    r"(?i)\b(api[_-]?key|access[_-]?token|token|password|passwd|secret)([\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;]+"
+)
+
+
+def redact(text: str) -> str:
+    """`text` (an error message) without the secrets it might carry: a URL's `user:password@`, an Authorization
+    header's credentials, `api_key=...`-style values. For what goes into logs and health states."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group(1) or ''}//***@", text)
+    text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)} ***", text)
+    return _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+
+
+def load_retry_wait(first_s: float, max_s: float, failures: int, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after the `failures`-th failed load attempt in a row (1, 2, ...): `first_s`, doubled for each
+    earlier failure, at most `max_s`; then up to LOAD_RETRY_JITTER of it shorter, at random."""
+    backoff = min(first_s * 2.0 ** min(max(failures - 1, 0), 64), max_s)
+    return backoff * (1 - LOAD_RETRY_JITTER * rand())
+
+
+def _describe(err: BaseException) -> str:
+    return redact(f"{type(err).__name__}: {err}")
+
+
+def _timed_warm_up(scorer: Scorer) -> float:
+    """One tiny call, on the model thread, before the model takes searches: the seconds it took."""
+    started = time.perf_counter()
+    score_pairs(scorer, ["warm up"], ["warm up"])
+    return time.perf_counter() - started
+
+
+def _close_quietly(scorer: object) -> None:
+    """Release a loaded backend nobody will use (e.g. the remote backend's connections)."""
+    closer = getattr(scorer, "close", None)
+    if callable(closer):
+        try:
+            closer()
+        except Exception as err:  # noqa: BLE001  # nothing to do about it but say so
+            log.warning("closing a discarded backend failed: %s", _describe(err))
 
 
 class Overloaded(RuntimeError):
@@ -142,17 +229,56 @@ class _Pair:
     tokens: int
     encoding: Encoding | None  # what the model reads, for a PairEncoder backend
     targets: list[tuple[_Job, int]]
+    order: tuple[int, float, int]  # (rank, deadline, seq) of its most urgent target: the rank-first order
+    taken: bool = False  # batched or dropped: the round's other order skips it
+
+
+def _rank_first(pair: _Pair) -> tuple[int, float, int]:
+    """A pair's place in a round's rank-first order: its document's rank in its search (the cluster's order), then
+    the search's deadline and arrival."""
+    return pair.order
+
+
+def _shortest_first(pair: _Pair) -> int:
+    return pair.tokens
+
+
+@dataclass(eq=False)
+class _Round:
+    """The pairs of one round in both orders it may take them in; a pair taken off one is passed over in the other."""
+
+    jobs: list[_Job]
+    by_length: deque[_Pair]
+    by_rank: deque[_Pair]
+    left: int  # real tokens of the pairs not taken yet
+    padding: float  # padded tokens per real token when the round goes shortest first
+
+    @classmethod
+    def of(cls, jobs: list[_Job], pairs: Sequence[_Pair], batch_size: int, max_batch_tokens: int) -> _Round:
+        by_length = sorted(pairs, key=_shortest_first)
+        lengths = [pair.tokens for pair in by_length]
+        real = sum(lengths)
+        padded = padded_tokens(lengths, token_batches(lengths, batch_size, max_batch_tokens))
+        return cls(jobs, deque(by_length), deque(sorted(pairs, key=_rank_first)), real, padded / real if real else 1.0)
 
 
 class _ModelWorker:
-    def __init__(self, name: str, spec: ModelSpec, max_queue: int):
+    def __init__(self, name: str, spec: ModelSpec, max_queue: int, clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.spec = spec
         self.settings = BatchSettings.of(spec, max_queue)
         self.instruction: str | None = getattr(spec, "instruction", None)
         self.scorer: Scorer | None = None
         self.encoder: PairEncoder | None = None  # the scorer, when it tokenizes ahead (the local backends)
-        self.error: str | None = None
+        self.error: str | None = None  # the last failed load attempt's, redacted; None once loaded
+        self.failed_loads = 0
+        self.breaker = CircuitBreaker(
+            spec.circuit.failures, spec.circuit.open_s, enabled=spec.circuit.enabled, clock=clock,
+            on_open=self._circuit_opened,
+        )
+        self._retry_at: float | None = None  # time.monotonic() of the next load attempt, while waiting for it
+        self._attempted = asyncio.Event()  # the first load attempt is over (or the worker closed)
+        self._load_task: asyncio.Task[None] | None = None
         self._closed = False
         self._inbox: list[_Job] = []  # sent by callers, tokens not counted yet
         self._pending: list[_Job] = []  # counted, waiting for a round
@@ -161,27 +287,86 @@ class _ModelWorker:
         self._admitted = asyncio.Event()  # the pending pool got jobs: the worker's wake-up
         self._seq = itertools.count()
         self._scores: LRU[tuple[str | None, str, bytes], float] = LRU(self.settings.score_cache_entries)
+        self.pace = Pace()  # the model's seconds per padded token: whether a round has time to go shortest first
         self._token_counts: LRU[bytes, int] = LRU(TOKEN_COUNT_ENTRIES)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
         self._tokens_thread = ThreadPoolExecutor(1, thread_name_prefix=f"tokens-{name}")
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def loaded(self) -> bool:
+        return self.scorer is not None and not self._closed
+
+    @property
+    def ready(self) -> bool:
+        """Loaded and taking searches: its circuit closed, or half-open (a trial search may go)."""
+        return self.loaded and self.breaker.state != "open"
+
+    @property
     def state(self) -> str:
+        """ready | loading | error: <Type>: <message> (retrying in <N>s) | circuit-open | half-open | closed."""
         if self._closed:
             return "closed"
-        return "ready" if self.scorer else (f"error: {self.error}" if self.error else "loading")
+        if self.scorer is None:
+            return f"error: {self.error} (retrying in {self._retry_in()}s)" if self.error else "loading"
+        circuit = self.breaker.state
+        return "ready" if circuit == "closed" else ("circuit-open" if circuit == "open" else "half-open")
 
-    async def start(self, loader: Callable[[str, ModelSpec], Scorer]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            scorer = await loop.run_in_executor(self._thread, loader, self.name, self.spec)
-            await loop.run_in_executor(self._thread, score_pairs, scorer, ["warm up"], ["warm up"])
-        except Exception as err:  # the proxy keeps serving: searches fall back, health says why
-            self.error = f"{type(err).__name__}: {err}"
-            log.error("model %s failed to load: %s", self.name, self.error)
+    def _retry_in(self) -> int:
+        """Whole seconds (rounded up) until the next load attempt; 0 while one is under way."""
+        if self._retry_at is None:
+            return 0
+        return math.ceil(max(0.0, self._retry_at - time.monotonic()))
+
+    # ---- loading ----------------------------------------------------------------------------------------------
+    def launch(self, loader: Callable[[str, ModelSpec], Scorer]) -> None:
+        """Start loading in the background: attempts until one succeeds, or the worker closes."""
+        if self._load_task is None and not self._closed:
+            self._load_task = asyncio.create_task(self._load_until_loaded(loader), name=f"load-{self.name}")
+
+    async def first_attempt(self) -> None:
+        """Until the first load attempt is over (loaded or failed), or the worker closed."""
+        await self._attempted.wait()
+
+    async def _load_until_loaded(self, loader: Callable[[str, ModelSpec], Scorer]) -> None:
+        while True:
+            self._retry_at = None
+            error = await self._attempt(loader)
+            if error is None:
+                self._attempted.set()
+                return
+            self.error = error
+            self.failed_loads += 1
+            wait = load_retry_wait(self.spec.load_retry_s, self.spec.load_retry_max_s, self.failed_loads)
+            self._retry_at = time.monotonic() + wait
+            # The proxy keeps serving meanwhile: searches fall back, health says why. One line per attempt.
+            log.error("model %s failed to load (attempt %d): %s; retrying in %.3gs",
+                      self.name, self.failed_loads, error, wait)
+            metrics.MODEL_LOAD_FAILURES.labels(self.name).inc()
             metrics.MODEL_UP.labels(self.name).set(0)
-            return
+            self._attempted.set()
+            await asyncio.sleep(wait)
+
+    async def _attempt(self, loader: Callable[[str, ModelSpec], Scorer]) -> str | None:
+        """One load and warm-up on the model thread; the error (redacted) if either failed, None once serving."""
+        loading = self._thread.submit(loader, self.name, self.spec)
+        try:
+            scorer = await asyncio.wrap_future(loading)
+        except asyncio.CancelledError:  # closed meanwhile: whatever still loads is released once it has
+            loading.add_done_callback(
+                lambda done: done.cancelled() or done.exception() is not None or _close_quietly(done.result())
+            )
+            raise
+        except Exception as err:  # noqa: BLE001  # any loader error is a failed attempt, retried
+            return _describe(err)
+        try:
+            seconds = await asyncio.wrap_future(self._thread.submit(_timed_warm_up, scorer))
+            self.pace.observe(WARM_UP_TOKENS, seconds)
+        except BaseException as err:
+            self._discard(scorer)
+            if not isinstance(err, Exception):
+                raise
+            return _describe(err)
         # A local backend knows its device, and so the call size its model runs best at (ModelSpec.batch_tokens and
         # batch_pairs).
         reported = {key: size for key in ("max_batch_tokens", "batch_size")
@@ -189,16 +374,50 @@ class _ModelWorker:
         self.settings = replace(self.settings, **reported)
         self.scorer = scorer
         self.encoder = scorer if isinstance(scorer, PairEncoder) else None
+        self.error = None
+        breaker = self.breaker
         metrics.MODEL_UP.labels(self.name).set(1)
+        metrics.CIRCUIT_STATE.labels(self.name).set_function(lambda: breaker.code)
         self._tasks = [asyncio.create_task(self._run(), name=f"engine-{self.name}"),
                        asyncio.create_task(self._count_loop(), name=f"engine-{self.name}-counter")]
+        if self.failed_loads:
+            log.info("model %s loaded after %d failed attempts", self.name, self.failed_loads)
+        else:
+            log.info("model %s loaded", self.name)
+        return None
+
+    def _discard(self, scorer: object) -> None:
+        try:
+            self._thread.submit(_close_quietly, scorer)  # after any call of it still running
+        except RuntimeError:  # the thread is shut down already
+            _close_quietly(scorer)
+
+    # ---- the circuit breaker ----------------------------------------------------------------------------------
+    def _circuit_opened(self) -> None:
+        metrics.CIRCUIT_OPENED.labels(self.name).inc()
+        log.warning("model %s: circuit open after failed searches; they fall back for %gs, then one trial search",
+                    self.name, self.breaker.open_s)
+
+    def _circuit_refusal(self) -> CircuitOpen:
+        if self.breaker.state == "open":
+            return CircuitOpen(f"model {self.name}: circuit open after failed searches, next trial in "
+                               f"{math.ceil(self.breaker.retry_in())}s")
+        return CircuitOpen(f"model {self.name}: circuit half-open, its trial search is in flight")
+
+    def _record(self, ticket: Ticket, ok: bool | None) -> None:
+        before = self.breaker.state
+        self.breaker.record(ticket, ok)
+        if before != "closed" and self.breaker.state == "closed":
+            log.info("model %s: circuit closed, the trial search succeeded", self.name)
 
     # ---- the caller's side ----------------------------------------------------------------------------------
     async def score(self, query: str, docs: Sequence[str], timeout_s: float) -> list[float | None]:
-        if self.scorer is None or self._closed:
-            raise ModelUnavailable(self.state)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        if self._closed:
+            raise ModelUnavailable(f"model {self.name} was unloaded")
+        if self.scorer is None:
+            if self.error is None:
+                raise ModelLoading(f"model {self.name} is loading")
+            raise ModelLoading(f"model {self.name} failed to load ({self.error}); retrying in {self._retry_in()}s")
         scores: list[float | None] = []
         todo: list[tuple[int, str, bytes]] = []
         for i, doc in enumerate(docs):
@@ -211,9 +430,31 @@ class _ModelWorker:
         metrics.SCORE_CACHE.labels(self.name, "miss").inc(len(todo))
         if not todo:
             return scores
+        ticket = self.breaker.allow()
+        if ticket is None:
+            metrics.REJECTED.labels(self.name, "circuit-open").inc()
+            raise self._circuit_refusal()
+        ok: bool | None = None  # what the search says about the model: None = nothing (refused, left, unloaded)
+        try:
+            result = await self._queue(query, scores, todo, timeout_s)
+            ok = all(score is not None for score in result)  # partial: the deadline passed first
+            return result
+        except (Overloaded, ModelUnavailable):
+            raise
+        except Exception:  # the model (or its tokenizer) raised, or nothing was scored by the deadline
+            ok = False
+            raise
+        finally:
+            self._record(ticket, ok)
+
+    async def _queue(
+        self, query: str, scores: list[float | None], todo: list[tuple[int, str, bytes]], timeout_s: float
+    ) -> list[float | None]:
         if len(self._jobs) >= self.settings.max_queue:
             metrics.REJECTED.labels(self.name, "queue-full").inc()
             raise Overloaded(f"model {self.name} queue is full ({self.settings.max_queue} searches)")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         job = _Job(query, scores, todo, now + timeout_s, loop.create_future(), next(self._seq), now)
         self._jobs.add(job)
         job.future.add_done_callback(lambda _: self._forget(job))
@@ -289,7 +530,7 @@ class _ModelWorker:
                 await self._admit(sent)
             except Exception as err:  # the backend could not count: these searches fall back, later ones still try
                 metrics.MODEL_ERRORS.labels(self.name).inc()
-                log.warning("model %s: counting tokens failed: %s: %s", self.name, type(err).__name__, err)
+                log.warning("model %s: counting tokens failed: %s", self.name, _describe(err))
                 for job in sent:
                     if not job.future.done():
                         job.future.set_exception(err)
@@ -390,28 +631,64 @@ class _ModelWorker:
                 if cached is not None:
                     self._deliver(job, i, cached)
                     continue
+                order = (i, job.deadline, job.seq)  # i: the document's rank in its search
                 if (pair := pairs.get(key)) is None:
-                    pairs[key] = pair = _Pair(job.query, doc, key, tokens, encoding, [])
+                    pairs[key] = pair = _Pair(job.query, doc, key, tokens, encoding, [], order)
+                else:  # the same pair in another search: it goes as early as its most urgent one needs
+                    pair.order = min(pair.order, order)
                 pair.targets.append((job, i))
-        queue = deque(sorted(pairs.values(), key=lambda pair: pair.tokens))
-        while batch := self._next_batch(queue):
+        work = _Round.of(jobs, list(pairs.values()), self.settings.batch_size, self.settings.max_batch_tokens)
+        while batch := self._next_batch(work):
             await self._run_batch(batch)
 
-    def _next_batch(self, queue: deque[_Pair]) -> list[_Pair]:
-        """The next micro-batch off the length-sorted queue; pairs nobody waits for any more are dropped."""
+    def _next_order(self, work: _Round) -> tuple[deque[_Pair], int]:
+        """Which of the round's orders its next micro-batch comes off, and that call's padded-token budget.
+
+        Shortest first, in calls of `max_batch_tokens`, while the round has time to spare: what it has left, at
+        the model's pace, takes under 1/TIME_TO_SPARE of the time before the earliest deadline among its searches
+        still waiting. Shortest first is the faster order, but a deadline may cut it anywhere. Otherwise rank first,
+        which leaves the top of each window scored, in a call no bigger than what the pace fits before that deadline
+        (one pair at least): the last calls before it shrink, so a search gets a few more of its top hits scored
+        rather than a call the deadline cuts off."""
+        budget = self.settings.max_batch_tokens
+        per_token = self.pace.seconds_per_token
+        if per_token is None:
+            return work.by_rank, budget
+        deadlines = [job.deadline for job in work.jobs if not job.future.done()]
+        if not deadlines:
+            return work.by_length, budget
+        left = min(deadlines) - asyncio.get_running_loop().time()
+        if TIME_TO_SPARE * per_token * work.left * work.padding <= left:
+            return work.by_length, budget
+        fit = int(left / per_token) if per_token > 0 else budget  # padded tokens the pace fits before the deadline
+        return work.by_rank, max(1, min(budget, fit))
+
+    def _next_batch(self, work: _Round) -> list[_Pair]:
+        """The round's next micro-batch (`_next_order`), shortest first inside. Pairs taken off the other order are
+        passed over, pairs nobody waits for any more dropped."""
+        queue, budget = self._next_order(work)
         now = asyncio.get_running_loop().time()
         batch: list[_Pair] = []
+        longest = 0
         while queue:
             pair = queue[0]
+            if pair.taken:
+                queue.popleft()
+                continue
             reasons = [job.dead(now) for job, _ in pair.targets]
             if all(reasons):
                 queue.popleft()
+                pair.taken = True
+                work.left -= pair.tokens
                 metrics.DROPPED.labels(self.name, reasons[0] or "deadline").inc()
                 continue
-            # Sorted ascending, so this pair is the batch's longest if it joins.
-            if not fits(len(batch), pair.tokens, self.settings.batch_size, self.settings.max_batch_tokens):
+            longest = max(longest, pair.tokens)  # the batch's longest if this pair joins
+            if not fits(len(batch), longest, self.settings.batch_size, budget):
                 break
             batch.append(queue.popleft())
+            pair.taken = True
+            work.left -= pair.tokens
+        batch.sort(key=_shortest_first)  # stable: equal lengths keep their order
         return batch
 
     async def _run_batch(self, batch: list[_Pair]) -> None:
@@ -421,15 +698,17 @@ class _ModelWorker:
             scores = await loop.run_in_executor(self._thread, self._score_batch, batch)
         except Exception as err:  # fails the searches in this batch only; they fall back to the cluster's order
             metrics.MODEL_ERRORS.labels(self.name).inc()
-            log.warning("model %s: a batch of %d pairs failed: %s: %s", self.name, len(batch), type(err).__name__, err)
+            log.warning("model %s: a batch of %d pairs failed: %s", self.name, len(batch), _describe(err))
             for pair in batch:
                 for job, _ in pair.targets:
                     if not job.future.done():
                         job.future.set_exception(err)
             return
+        seconds = time.perf_counter() - started
         real = sum(pair.tokens for pair in batch)
         padded = len(batch) * max(pair.tokens for pair in batch)
-        metrics.BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        self.pace.observe(padded, seconds)
+        metrics.BATCH_SECONDS.labels(self.name).observe(seconds)
         metrics.PAIRS.labels(self.name).inc(len(batch))
         metrics.BATCH_PAIRS.labels(self.name).observe(len(batch))
         metrics.BATCH_FILL.labels(self.name).observe(real / padded if padded else 1.0)
@@ -463,9 +742,11 @@ class _ModelWorker:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
+        self._attempted.set()  # nobody waits for a first attempt that will not come
+        tasks = [*self._tasks, *([self._load_task] if self._load_task else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         gone = ModelUnavailable(f"model {self.name} was unloaded")
         for job in list(self._jobs):
             if not job.future.done():
@@ -484,21 +765,45 @@ class ScoringEngine:
         *,
         loader: Callable[[str, ModelSpec], Scorer] = load_scorer,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        clock: Callable[[], float] = time.monotonic,
     ):
-        """`max_queue`: searches queued or being scored per model, unless the model's spec sets its own."""
+        """`max_queue`: searches queued or being scored per model, unless the model's spec sets its own. `clock`:
+        what the circuit breakers time their open state by (tests step it by hand)."""
         self._loader = loader
         self._max_queue = max_queue
-        self._workers = {name: _ModelWorker(name, spec, max_queue) for name, spec in models.items()}
+        self._clock = clock
+        self._workers = {name: self._worker(name, spec) for name, spec in models.items()}
 
-    async def start(self) -> None:
-        await asyncio.gather(*(w.start(self._loader) for w in self._workers.values()))
+    def _worker(self, name: str, spec: ModelSpec) -> _ModelWorker:
+        return _ModelWorker(name, spec, self._max_queue, self._clock)
+
+    async def start(self, wait: bool = True) -> None:
+        """Start loading every model in the background. `wait`: return once each has finished its first attempt
+        (loaded, or failed and retrying); without it, at once, while searches get `ModelLoading` meanwhile."""
+        for worker in self._workers.values():
+            worker.launch(self._loader)
+        if wait:
+            await asyncio.gather(*(w.first_attempt() for w in self._workers.values()))
 
     def states(self) -> dict[str, str]:
+        """Per model: ready, loading, `error: <Type>: <message> (retrying in <N>s)`, circuit-open, half-open or
+        closed."""
         return {name: w.state for name, w in self._workers.items()}
+
+    @property
+    def ready(self) -> bool:
+        """Every model loaded and taking searches (its circuit closed or half-open)."""
+        return all(w.ready for w in self._workers.values())
+
+    @property
+    def loaded(self) -> bool:
+        """Every model loaded, whatever its circuit."""
+        return all(w.loaded for w in self._workers.values())
 
     async def score(self, model: str, query: str, docs: Sequence[str], timeout_s: float) -> list[float | None]:
         """One score per document, in order. At the deadline, the scores so far and None for the rest; with none
-        scored, TimeoutError. ModelUnavailable / Overloaded at once when the model cannot take the search."""
+        scored, TimeoutError. At once when the model cannot take the search: ModelLoading (not loaded yet),
+        CircuitOpen (its breaker is open), Overloaded (its queue is full), ModelUnavailable (unknown or unloaded)."""
         worker = self._workers.get(model)
         if worker is None:
             raise ModelUnavailable(f"no model named {model}")
@@ -507,23 +812,28 @@ class ScoringEngine:
         return await worker.score(query, docs, timeout_s)
 
     async def reconfigured(self, models: Mapping[str, ModelSpec]) -> ScoringEngine:
-        """A new engine for a reloaded config: unchanged models keep their loaded worker (queue and score cache
-        included), new or changed ones load now."""
-        new = ScoringEngine({}, loader=self._loader, max_queue=self._max_queue)
+        """A new engine for a reloaded config: unchanged loaded models keep their worker (queue, score cache and
+        circuit included), new, changed or not yet loaded ones get a fresh worker, whose first load attempt is
+        awaited here (one that fails goes on retrying in the background)."""
+        new = ScoringEngine({}, loader=self._loader, max_queue=self._max_queue, clock=self._clock)
         fresh = []
         for name, spec in models.items():
             old = self._workers.get(name)
-            if old is not None and old.spec == spec and old.scorer is not None:
+            if old is not None and old.spec == spec and old.loaded:
                 new._workers[name] = old
             else:
-                new._workers[name] = worker = _ModelWorker(name, spec, self._max_queue)
+                new._workers[name] = worker = new._worker(name, spec)
                 fresh.append(worker)
-        await asyncio.gather(*(w.start(self._loader) for w in fresh))
+        for worker in fresh:
+            worker.launch(self._loader)
+        await asyncio.gather(*(w.first_attempt() for w in fresh))
         return new
 
     async def close_unused(self, successor: ScoringEngine) -> None:
+        """Close this engine's workers the successor did not keep (stopping their load retries)."""
         kept = {id(w) for w in successor._workers.values()}
         await asyncio.gather(*(w.close() for w in self._workers.values() if id(w) not in kept))
 
     async def close(self) -> None:
+        """Close every model: load attempts and retries stop, waiting searches get ModelUnavailable."""
         await asyncio.gather(*(w.close() for w in self._workers.values()))

@@ -2,6 +2,16 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 MODEL_UP = Gauge("rerank_model_up", "1 when the model is loaded and serving", ["model"])
+MODEL_LOAD_FAILURES = Counter(
+    "rerank_model_load_failures_total", "failed attempts to load (or warm up) the model; each is retried", ["model"]
+)
+CIRCUIT_STATE = Gauge(
+    "rerank_model_circuit_state", "the model's circuit breaker: 0 closed, 1 half-open, 2 open", ["model"]
+)
+CIRCUIT_OPENED = Counter(
+    "rerank_model_circuit_opened_total", "times the model's circuit breaker opened (failed searches, or a failed trial)",
+    ["model"],
+)
 PAIRS = Counter("rerank_model_pairs_total", "(query, document) pairs scored by the model", ["model"])
 BATCH_SECONDS = Histogram(
     "rerank_model_batch_seconds", "model time per micro-batch", ["model"],

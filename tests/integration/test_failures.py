@@ -25,6 +25,7 @@ def ids(body: bytes) -> list[str]:
 
 
 def test_a_model_that_cannot_load_falls_back_to_the_cluster_order_and_says_why(scifact_es):
+    """Until it loads (it is retried in the background), its searches are `model-loading` fallbacks."""
     config = proxy_config(scifact_es)
     config["models"] = {"broken": {"backend": "cross-encoder", "source": "/nonexistent/model"}}
     with RunningProxy(config) as proxy:
@@ -32,11 +33,11 @@ def test_a_model_that_cannot_load_falls_back_to_the_cluster_order_and_says_why(s
         direct = raw("POST", f"{scifact_es}/scifact/_search", BODY)
         assert proxied.status == 200
         assert ids(proxied.body) == ids(direct.body)
-        assert proxied.headers["X-Rerank-Status"] == "fallback; reason=model-unavailable"
-        health = orjson.loads(raw("GET", f"{proxy.url}/_rerank_proxy/health").body)
+        assert proxied.headers["X-Rerank-Status"] == "fallback; reason=model-loading"
+        health = orjson.loads(raw("GET", f"{proxy.admin_url}/_rerank_proxy/health").body)
         assert health["status"] == "degraded" and "/nonexistent/model" in health["models"]["broken"]
-        metrics = raw("GET", f"{proxy.url}/_rerank_proxy/metrics").body.decode()
-        assert 'rerank_proxy_fallbacks_total{model="broken",reason="model-unavailable"}' in metrics
+        metrics = raw("GET", f"{proxy.admin_url}/_rerank_proxy/metrics").body.decode()
+        assert 'rerank_proxy_fallbacks_total{model="broken",reason="model-loading"}' in metrics
 
 
 def test_a_model_error_during_scoring_falls_back(es_target):
@@ -96,7 +97,7 @@ def test_sticky_split_keeps_each_user_on_one_variant_and_echoes_it(scifact_es):
             seen.setdefault(user, set()).add(response.headers["X-Rerank-Variant"])
         assert all(len(v) == 1 for v in seen.values())
         assert {v for s in seen.values() for v in s} == {"control", "small"}
-        metrics = raw("GET", f"{proxy.url}/_rerank_proxy/metrics").body.decode()
+        metrics = raw("GET", f"{proxy.admin_url}/_rerank_proxy/metrics").body.decode()
         assert 'rerank_proxy_variant_total{how="sticky",variant="small"}' in metrics
 
 
@@ -108,12 +109,12 @@ def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(scifact
     path.write_text(yaml.safe_dump(config))
     with RunningProxy(config, config_path=path) as proxy:
         path.write_text(yaml.safe_dump({**config, "defaults": {"window": "many"}}))
-        rejected = raw("POST", f"{proxy.url}/_rerank_proxy/reload")
+        rejected = raw("POST", f"{proxy.admin_url}/_rerank_proxy/reload")
         assert rejected.status == 400 and b"defaults.window" in rejected.body
         assert raw("POST", f"{proxy.url}/scifact/_search", BODY).headers["X-Rerank-Status"] == "reranked"
 
         config["indices"][0]["enabled"] = False
         path.write_text(yaml.safe_dump(config))
-        assert raw("POST", f"{proxy.url}/_rerank_proxy/reload").status == 200
+        assert raw("POST", f"{proxy.admin_url}/_rerank_proxy/reload").status == 200
         status = raw("POST", f"{proxy.url}/scifact/_search", BODY).headers["X-Rerank-Status"]
         assert status == "skipped; reason=disabled"

@@ -479,5 +479,5 @@ def test_a_client_waiting_on_a_hung_upstream_gets_a_504_within_the_response_time
 
 def test_upstream_timeouts_and_pool_size_have_the_documented_defaults() -> None:
     options = parse_config({"models": {"minilm": MINILM}}).upstream
-    assert (options.connect_timeout_s, options.response_timeout_s, options.idle_timeout_s, options.pool_size) == (
-        5, 300, 60, 256)
+    assert (options.connect_timeout_s, options.response_timeout_s, options.idle_timeout_s, options.pool_size,
+            options.pool_idle_timeout_s) == (5, 300, 60, 256, 60)

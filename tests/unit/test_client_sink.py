@@ -16,6 +16,7 @@ class _Conn:
         self.writes: list[bytes] = []
         self.written = asyncio.Event()
         self.write_paused = False
+        self.closing = False  # the server is not shutting down
 
     def write(self, data: bytes) -> None:
         self.writes.append(data)

@@ -58,3 +58,10 @@ def test_no_query_text_is_skipped():
 def test_url_page_parameters_win_over_the_body_as_in_elasticsearch():
     assert requested_page({"from": 5, "size": 3}, {"size": "7"}) == Page(5, 7)
     assert requested_page({}, {}) == Page(0, 10)
+
+
+@pytest.mark.parametrize("value", [2**31, 10**20, 1e20, "2147483648"])
+def test_a_page_value_past_a_java_int_is_a_bad_page(value):
+    assert requested_page({"size": value}, {}) is None
+    assert requested_page({}, {"from": str(value)}) is None
+    assert requested_page({"size": 2**31 - 1}, {}) == Page(0, 2**31 - 1)

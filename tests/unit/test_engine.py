@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,59 +17,19 @@ from prometheus_client import REGISTRY
 
 from rerank import engine as engine_module
 from rerank.backend import ModelLoadError
-from rerank.engine import ROUND_BATCHES, ModelUnavailable, Overloaded, ScoringEngine
+from rerank.batching import Pace
+from rerank.engine import (
+    ROUND_BATCHES,
+    ModelLoading,
+    ModelUnavailable,
+    Overloaded,
+    ScoringEngine,
+)
 from rerank.spec import ModelSpec
+from tests.scorers import Overlap, overlap
 
 _names = itertools.count()
 PAIR_EXTRA = 3  # the engine's per-pair special-token estimate
-
-
-def overlap(query: str, doc: str) -> float:
-    return float(len(set(query.split()) & set(doc.split())))
-
-
-class Overlap:
-    """Score = words shared by query and document; tokens = words. Records each call; a call waits while `gate`
-    is clear, after signalling `entered`."""
-
-    name = "overlap"
-
-    def __init__(self) -> None:
-        self.calls: list[list[tuple[str, str]]] = []
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-        self.gate.set()
-        self.fail_on: str | None = None  # a query whose batch raises
-        self.counted: list[list[str]] = []
-        self.counting = threading.Event()  # set by every count_tokens (or encode_pairs) call
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        self.counted.append(list(texts))
-        self.counting.set()
-        return [len(text.split()) for text in texts]
-
-    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> list[float]:
-        self.calls.append(list(zip(queries, docs)))
-        self.entered.set()
-        assert self.gate.wait(10), "test never released the model"
-        if self.fail_on in queries:
-            raise RuntimeError("model blew up")
-        return [overlap(q, d) for q, d in zip(queries, docs)]
-
-    def score(self, query: str, docs: Sequence[str]) -> list[float]:
-        return self.score_pairs([query] * len(docs), docs)
-
-    def hold(self) -> None:
-        """The next call blocks until `release`."""
-        self.entered.clear()
-        self.gate.clear()
-
-    def release(self) -> None:
-        self.gate.set()
-
-    async def busy(self) -> None:
-        """Wait (without blocking the event loop) until a held call has started."""
-        assert await asyncio.to_thread(self.entered.wait, 10), "the model was never called"
 
 
 @dataclass(frozen=True)
@@ -418,7 +377,7 @@ async def test_earliest_deadline_goes_first_when_searches_queue_up() -> None:
 async def test_model_error_fails_that_batch_and_the_engine_keeps_serving() -> None:
     scorer = Overlap()
     engine, m = await started(scorer)
-    scorer.fail_on = "boom"
+    scorer.fail_on = {"boom"}
     with pytest.raises(RuntimeError, match="blew up"):
         await engine.score(m, "boom", ["boom"], 5)
     assert await engine.score(m, "fine", ["fine"], 5) == [1.0]
@@ -459,8 +418,10 @@ async def test_model_load_failure_is_unavailable_with_the_reason_in_states() -> 
 
     engine = ScoringEngine({"x": ModelSpec(backend="cross-encoder", source="x")}, loader=broken)
     await engine.start()
-    assert engine.states() == {"x": "error: ModelLoadError: model 'x': no such model folder"}
-    with pytest.raises(ModelUnavailable, match="no such model folder"):
+    # retried after load_retry_s (1 s by default, a little jitter): the state says when
+    assert engine.states() == {"x": "error: ModelLoadError: model 'x': no such model folder (retrying in 1s)"}
+    assert not engine.loaded and not engine.ready
+    with pytest.raises(ModelLoading, match="no such model folder"):
         await engine.score("x", "q", ["d"], 5)
     with pytest.raises(ModelUnavailable):
         await engine.score("unknown", "q", ["d"], 5)
@@ -568,3 +529,138 @@ async def test_micro_batches_follow_the_pair_count_the_backend_reports() -> None
     await engine.score(m, "q", [words(3, f"d{i}") for i in range(6)], 5)
     assert [len(call) for call in scorer.calls] == [2] * 3
     await engine.close()
+
+
+# ---- what a deadline leaves scored: the top of the window -----------------------------------------------------------
+def pace(worker: object, seconds_per_token: float) -> None:
+    """Fix the model's pace for a test: one huge call that the few real ones the test makes cannot move."""
+    worker.pace = Pace()  # type: ignore[attr-defined]
+    worker.pace.observe(10**12, seconds_per_token * 10**12)  # type: ignore[attr-defined]
+
+
+def slow(worker: object) -> None:
+    """100 s a token: no round has time to spare, and a call near a deadline fits one pair only."""
+    pace(worker, 100.0)
+
+
+def fast(worker: object) -> None:
+    """A nanosecond a token: every round has time to spare (shortest first)."""
+    pace(worker, 1e-9)
+
+
+def hold_from_call(scorer: Overlap, n: int) -> None:
+    """The backend's `n`-th call (1 = the first) and every later one block until `release`."""
+    original = scorer.score_pairs
+
+    def score_pairs(queries: Sequence[str], docs: Sequence[str]) -> list[float]:
+        if len(scorer.calls) + 1 >= n:
+            scorer.hold()
+        return original(queries, docs)
+
+    scorer.score_pairs = score_pairs  # type: ignore[method-assign]
+
+
+def docs_of(calls: list[list[tuple[str, str]]]) -> list[list[str]]:
+    return [[doc for _, doc in call] for call in calls]
+
+
+# The cluster's order puts the longest documents first: shortest first would score the bottom of the window first.
+LONGEST_FIRST = [words(n, f"d{i}") for i, n in enumerate([9, 8, 7, 6, 2, 1])]
+
+
+async def test_a_search_short_of_time_is_scored_in_rank_order_and_its_partial_scores_are_the_top() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, batch_size=2)
+    slow(engine._workers[m])
+    hold_from_call(scorer, 3)
+    try:
+        scores = await engine.score(m, "d0 d1 d2 d3 d4 d5", LONGEST_FIRST, 0.5)
+    finally:
+        scorer.release()
+    assert scores == [1.0, 1.0, None, None, None, None]  # ranks 0 and 1, not the two shortest documents
+    assert docs_of(scorer.calls) == [[LONGEST_FIRST[0]], [LONGEST_FIRST[1]], [LONGEST_FIRST[2]]]
+    await engine.close()
+
+
+async def test_a_search_short_of_time_is_cut_rank_first_within_the_token_budget() -> None:
+    scorer = Overlap()
+    budget = 60
+    engine, m = await started(scorer, max_batch_tokens=budget, batch_size=4)
+    # 0.1 s a token and 7 s: a call of 60 tokens fits before the deadline, the last pair alone (49 tokens) not
+    # 1.5 times over, so the whole round goes rank first in calls of the full budget
+    pace(engine._workers[m], 0.1)
+    lengths = [9, 1, 14, 3, 3, 20, 7, 2, 11, 5, 1, 45]
+    docs = [words(n, f"d{i}") for i, n in enumerate(lengths)]
+    await engine.score(m, "q", docs, 7)
+    rank_of = {doc: i for i, doc in enumerate(docs)}
+    ranks = [[rank_of[d] for d in call] for call in docs_of(scorer.calls)]
+    assert sorted(r for call in ranks for r in call) == list(range(len(docs)))
+    assert all(max(a) < min(b) for a, b in zip(ranks, ranks[1:]))  # every call after the one before, in rank
+    tokens = [[lengths[r] + 1 + PAIR_EXTRA for r in call] for call in ranks]
+    assert all(call == sorted(call) and len(call) <= 4 and len(call) * max(call) <= budget for call in tokens)
+    for call, following in zip(ranks, ranks[1:]):  # greedy: a call ends only when the next rank breaks a limit
+        longest = max(lengths[r] for r in [*call, min(following)]) + 1 + PAIR_EXTRA
+        assert len(call) == 4 or (len(call) + 1) * longest > budget
+    await engine.close()
+
+
+async def test_searches_short_of_time_in_one_round_share_their_top_ranks_first() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer)
+    scorer.hold()
+    busy = asyncio.create_task(engine.score(m, "busy", ["busy"], 10))
+    await scorer.busy()
+    first = asyncio.create_task(engine.score(m, "a", ["a0", "a1", "shared", "a3"], 10))
+    second = asyncio.create_task(engine.score(m, "a", ["shared", "b1", "b2"], 10))
+    await asyncio.sleep(0)  # let them queue behind the busy call: one round
+    slow(engine._workers[m])  # one pair a call
+    scorer.release()
+    await asyncio.gather(busy, first, second)
+    # rank 0 of both first (the shared pair, rank 2 of the first search, goes at the second's rank 0), then rank 1,
+    # then rank 2 (the second's; the first's is the shared pair, scored) and rank 3
+    assert docs_of(scorer.calls[1:]) == [["a0"], ["shared"], ["a1"], ["b1"], ["b2"], ["a3"]]
+    assert await first == [0.0, 0.0, 0.0, 0.0] and await second == [0.0, 0.0, 0.0]
+    await engine.close()
+
+
+async def test_a_search_with_time_to_spare_is_scored_shortest_first() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, batch_size=2)
+    fast(engine._workers[m])
+    assert await engine.score(m, "d0 d4 d5", LONGEST_FIRST, 5) == [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    assert docs_of(scorer.calls) == [LONGEST_FIRST[:3:-1], LONGEST_FIRST[3:1:-1], LONGEST_FIRST[1::-1]]
+    await engine.close()
+
+
+async def test_a_round_that_runs_short_of_time_goes_rank_first_and_keeps_what_it_scored() -> None:
+    scorer = Overlap()
+    engine, m = await started(scorer, batch_size=2)
+    worker = engine._workers[m]
+    fast(worker)
+    scorer.hold()  # the first call (shortest first: the two shortest, ranks 4 and 5) waits for the test
+    hold_from_call(scorer, 2)  # and so does every later one, until the deadline
+    search = asyncio.create_task(engine.score(m, "d0 d1 d2 d3 d4 d5", LONGEST_FIRST, 0.5))
+    try:
+        await scorer.busy()
+        assert docs_of(scorer.calls) == [[LONGEST_FIRST[5], LONGEST_FIRST[4]]]
+        slow(worker)  # the model turned out slow: no more time to spare
+        scorer.release()
+        scores = await search
+    finally:
+        scorer.release()
+    # then rank first: rank 0 in the call the deadline cut, so only the two shortest came back (the prefix the proxy
+    # reorders is empty: rank 0 is unscored), and nothing scored shortest first was lost
+    assert docs_of(scorer.calls)[1] == [LONGEST_FIRST[0]]
+    assert scores == [None, None, None, None, 1.0, 1.0]
+    await engine.close()
+
+
+def test_the_pace_weighs_calls_by_their_size_and_fades_old_ones() -> None:
+    pace = Pace()
+    assert pace.seconds_per_token is None and pace.seconds(100) is None
+    pace.observe(4, 0.04)  # a warm-up call: all overhead, 10 ms a token
+    pace.observe(2048, 0.8)  # a real call: 0.4 ms a token
+    assert pace.seconds_per_token == pytest.approx((0.7 * 0.04 + 0.8) / (0.7 * 4 + 2048))
+    assert pace.seconds(1000) == pytest.approx(1000 * pace.seconds_per_token)
+    pace.observe(0, 5.0)  # a call of cached documents only: nothing to learn
+    assert pace.seconds_per_token == pytest.approx((0.7 * 0.04 + 0.8) / (0.7 * 4 + 2048))

@@ -2,9 +2,15 @@
 tests/integration/test_relay_exact.py::test_msearch_parser_agrees_with_cluster)."""
 from __future__ import annotations
 
+import json
+import sys
+
+import orjson
 import pytest
 
-from proxy.ndjson import MsearchItem, NdjsonError, item_index, parse_msearch, serialize_msearch, strict_loads
+from proxy.ndjson import (
+    MsearchItem, NdjsonError, TooDeep, dumps, item_index, parse_msearch, serialize_msearch, strict_loads,
+)
 
 H = b'{"index":"idx"}'
 Q = b'{"query":{"match":{"title":"protein"}}}'
@@ -138,3 +144,62 @@ def test_item_index_from_header_else_path() -> None:
 
 def test_strict_loads_keeps_orjsons_values() -> None:
     assert strict_loads(b'{"a":[1,2.5,"x",null]}') == {"a": [1, 2.5, "x", None]}
+
+
+# ---- nesting depth: what orjson reads (1024 levels) and writes (fewer than 255) ----
+
+def nested_object(depth: int, leaf: bytes = b"{}") -> bytes:
+    return b'{"k":' * (depth - 1) + leaf + b"}" * (depth - 1)
+
+
+def test_a_body_deeper_than_orjson_reads_is_too_deep_not_malformed() -> None:
+    strict_loads(nested_object(1024))
+    with pytest.raises(TooDeep):
+        strict_loads(nested_object(1025))
+
+
+@pytest.mark.parametrize("leaf,duplicate", [
+    (b'{"a":1,"a":2}', True),
+    (b'{"a":"x\\":","b":"\\\\"}', False),  # escaped quotes and colons inside strings are no keys
+    (b'{"a":"x\\":","a":"\\\\"}', True),
+    (b'{"a" :1, "b"\t:[{"a":1}]}', False),
+])
+def test_duplicate_keys_are_found_past_the_depth_the_stdlib_parser_recurses_to(leaf: bytes, duplicate: bool) -> None:
+    raw = nested_object(1000, leaf)
+    if duplicate:
+        with pytest.raises(NdjsonError, match="duplicate key"):
+            strict_loads(raw)
+    else:
+        strict_loads(raw)
+
+
+def nested_value(depth: int, leaf: object) -> object:
+    value = leaf
+    for level in range(depth):
+        value = {"k": value, "n": [level, "é\n\"", None, 1.5, {}, []]} if level % 2 else [value, {"z": True}]
+    return value
+
+
+@pytest.mark.parametrize("pretty", [False, True])
+@pytest.mark.parametrize("value", [
+    {"a": [1, {"b": None}], "c": {}, "d": [], "e": "x\ny", "f": 1e20, "g": -3},
+    [], {}, "text", 7, nested_value(20, {"leaf": [1, 2]}),
+])
+def test_dumps_writes_what_orjson_writes(value: object, pretty: bool) -> None:
+    assert dumps(value, pretty=pretty) == orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
+
+
+@pytest.mark.parametrize("pretty", [False, True])
+@pytest.mark.parametrize("depth", [300, 1100])
+def test_dumps_writes_values_deeper_than_orjson_does_as_the_stdlib_would(depth: int, pretty: bool) -> None:
+    value = nested_value(depth, {"leaf": [1, {"x": "y"}]})
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(value)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # only for the stdlib's reference output, which recurses
+    try:
+        expected = json.dumps(value, indent=2 if pretty else None, separators=None if pretty else (",", ":"),
+                              ensure_ascii=False).encode()
+    finally:
+        sys.setrecursionlimit(limit)
+    assert dumps(value, pretty=pretty) == expected

@@ -1,6 +1,8 @@
 
+import asyncio
+
 from proxy.config import parse_config
-from proxy.resolve import IndexResolver
+from proxy.resolve import IndexResolver, ResultWindows, smallest_result_window
 
 CONFIG = parse_config(
     {
@@ -57,3 +59,84 @@ async def test_failed_alias_lookup_resolves_by_name():
         raise ConnectionError
 
     assert (await IndexResolver(CONFIG, broken).resolve("shop")).rule == "defaults"
+
+
+# ---- index.max_result_window ----
+
+class Windows:
+    """Stands in for the cluster's settings API: a fixed answer, or an error, per index expression."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    async def __call__(self, expression):
+        self.calls.append(expression)
+        value = self.table.get(expression)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+async def test_result_window_lookups_are_cached_per_expression_for_the_ttl():
+    lookup = Windows({"products": 5, "_all": 100})
+    windows = ResultWindows(lookup, ttl_s=60)
+    for _ in range(3):
+        assert await windows.limit("products") == 5
+        assert await windows.limit(None) == 100
+    assert lookup.calls == ["products", "_all"]
+
+
+async def test_concurrent_searches_on_a_cold_entry_share_one_lookup():
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(expression):
+        calls.append(expression)
+        started.set()
+        await release.wait()
+        return 7
+
+    calls = []
+    windows = ResultWindows(slow, ttl_s=60)
+    searches = [asyncio.ensure_future(windows.limit("shop")) for _ in range(5)]
+    await started.wait()
+    release.set()
+    assert await asyncio.gather(*searches) == [7] * 5
+    assert calls == ["shop"]
+
+
+async def test_an_unknown_window_is_cached_but_a_failed_lookup_is_asked_again():
+    lookup = Windows({"missing": None, "down": ConnectionError()})
+    windows = ResultWindows(lookup, ttl_s=60)
+    for _ in range(2):
+        assert await windows.limit("missing") is None
+        assert await windows.limit("down") is None
+    assert lookup.calls == ["missing", "down", "down"]
+
+
+async def test_an_expired_entry_is_asked_again():
+    lookup = Windows({"products": 5})
+    windows = ResultWindows(lookup, ttl_s=0)
+    await windows.limit("products")
+    await windows.limit("products")
+    assert lookup.calls == ["products", "products"]
+
+
+async def test_the_cache_holds_a_bounded_number_of_expressions():
+    lookup = Windows({})
+    windows = ResultWindows(lookup, ttl_s=60)
+    windows.MAX_ENTRIES = 3
+    for i in range(10):
+        await windows.limit(f"index-{i}")
+    assert len(windows._cache) <= 3 and "index-9" in windows._cache
+
+
+def test_the_smallest_window_of_the_settings_answer_counts_index_settings_before_defaults():
+    answer = {
+        "small": {"settings": {"index.max_result_window": "5"}, "defaults": {}},
+        "large": {"settings": {}, "defaults": {"index.max_result_window": "10000"}},
+    }
+    assert smallest_result_window(answer) == 5
+    assert smallest_result_window({"large": answer["large"]}) == 10000
+    assert smallest_result_window({}) is None
+    assert smallest_result_window({"error": "x", "status": 404}) is None
+    assert smallest_result_window({"odd": {"settings": {"index.max_result_window": "many"}}}) is None

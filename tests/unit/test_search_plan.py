@@ -94,10 +94,16 @@ def test_finish_sends_the_built_texts_of_the_window_only():
     assert engine.calls == [("m", "hello", ["text 0", "text 1", "text 2", "text 3"])]
 
 
-def test_partial_scores_put_the_scored_hits_first_and_say_how_many():
-    outcome = finish_with(Engine([None, 0.5, None, 0.9]))
-    assert [h["_id"] for h in outcome.response["hits"]["hits"]] == ["3", "1", "0", "2"]
+def test_a_partial_result_reorders_its_scored_top_and_says_how_many():
+    outcome = finish_with(Engine([0.5, 0.9, None, 0.95]))
+    assert [h["_id"] for h in outcome.response["hits"]["hits"]] == ["1", "0", "2", "3"]
     assert outcome.status == "partial; reranked=2"
+
+
+def test_scores_without_the_top_hit_leave_the_clusters_order_as_a_deadline_fallback():
+    outcome = finish_with(Engine([None, 0.5, None, 0.9]))
+    assert [h["_id"] for h in outcome.response["hits"]["hits"]] == ["0", "1", "2", "3"]
+    assert outcome.status == "fallback; reason=deadline"
 
 
 @pytest.mark.parametrize(
@@ -126,3 +132,63 @@ def test_chunked_documents_score_by_their_best_chunk_and_explain_names_it():
     assert engine.calls[0][2] == ["one two", "three four", "five"]
     first = outcome.response["hits"]["hits"][0]
     assert first["_id"] == "a" and first["_score"] == 0.8 and first["fields"]["_rerank.chunk"] == [1]
+
+
+class Limits:
+    """Stands in for the indices' `index.max_result_window`."""
+
+    def __init__(self, limit):
+        self.limit_value, self.asked = limit, []
+
+    async def limit(self, expression):
+        self.asked.append(expression)
+        return self.limit_value
+
+
+def limited_plan(body, limit, planner=plan_search, index="docs"):
+    windows = Limits(limit)
+    p = asyncio.run(planner(CONFIG, IndexResolver(CONFIG, no_aliases), index, body, [], OPTIONS, windows))
+    return p, windows
+
+
+def test_the_window_is_cut_to_the_indices_max_result_window():
+    p, windows = limited_plan({"query": {"match": {"t": "hello"}}, "size": 2}, 3)
+    assert p.decision.rerank and p.window == 3 and p.upstream_body["size"] == 3
+    assert windows.asked == ["docs"]
+
+
+def test_a_max_result_window_above_the_window_leaves_it_and_an_unknown_one_too():
+    for limit in (10_000, None):
+        p, _ = limited_plan({"query": {"match": {"t": "hello"}}, "size": 2}, limit)
+        assert p.window == 4 and p.upstream_body["size"] == 4
+
+
+@pytest.mark.parametrize("page", [{"size": 4}, {"from": 2, "size": 2}, {"from": 3, "size": 1}])
+def test_a_page_past_max_result_window_is_the_clusters_to_refuse(page):
+    p, _ = limited_plan({"query": {"match": {"t": "hello"}}, **page}, 3)
+    assert not p.decision.rerank and p.skip_status == "skipped; reason=over-max-result-window"
+
+
+def test_a_page_that_ends_at_max_result_window_is_reranked_within_it():
+    p, _ = limited_plan({"query": {"match": {"t": "hello"}}, "from": 1, "size": 2}, 3)
+    assert p.decision.rerank and p.upstream_body["size"] == 3
+
+
+def test_skipped_searches_do_not_look_the_window_up():
+    _, windows = limited_plan({"query": {"match": {"t": "hello"}}, "sort": ["date"]}, 3)
+    assert windows.asked == []
+
+
+def test_a_template_page_is_cut_to_max_result_window_too():
+    body = {"id": "tpl", "params": {"query_string": "q", "from": 0, "size": 2}}
+    p, _ = limited_plan(body, 3, planner=plan_template)
+    assert p.decision.rerank and p.upstream_body["params"]["size"] == 3
+    over, _ = limited_plan({"id": "tpl", "params": {"query_string": "q", "size": 5}}, 3, planner=plan_template)
+    assert over.skip_status == "skipped; reason=over-max-result-window"
+
+
+@pytest.mark.parametrize("size", [2**31, 10**20, float(10**20)])
+def test_a_page_past_a_java_int_is_left_to_the_cluster(size):
+    assert plan({"query": {"match": {"t": "hello"}}, "size": size}).skip_status == "skipped; reason=bad-page"
+    body = {"id": "tpl", "params": {"query_string": "q", "size": size}}
+    assert plan(body, planner=plan_template).skip_status == "skipped; reason=bad-page"
