@@ -1,5 +1,6 @@
 """Shutting the relay down loses nothing: it stops accepting, answers what it has begun (the last answer on each
-connection says `Connection: close`), closes idle connections at once, and cuts only what outlasts the grace."""
+connection says `Connection: close`), closes idle connections at once, and cuts only what outlasts the grace. A request it cannot parse is answered in the
+clusters' error format and logged in one line."""
 from __future__ import annotations
 
 import asyncio
@@ -117,5 +118,19 @@ async def test_a_request_whose_body_is_still_arriving_is_read_and_answered() -> 
     answer = await _read_all(reader)
     assert answer.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in answer
     assert app.bodies == [b"abcd"]
+    writer.close()
+    await relay.close()
+
+
+async def test_a_malformed_request_gets_an_es_style_400_and_one_warning_line(caplog) -> None:
+    relay, app, port = await _started()
+    caplog.set_level("DEBUG")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    answer = await _read_all(reader)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b'"illegal_argument_exception"' in answer
+    relayed = [r for r in caplog.records if r.name == "proxy.relay"]
+    assert [r.levelname for r in relayed] == ["WARNING"] and relayed[0].exc_info is None
+    assert "malformed request from 127.0.0.1:" in relayed[0].getMessage()
     writer.close()
     await relay.close()
