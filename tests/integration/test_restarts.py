@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,17 @@ def toxiproxy() -> Iterator[Toxiproxy]:
 
 def _address(url: str) -> str:
     return url.removeprefix("http://")
+
+
+@contextmanager
+def _slowed(toxiproxy: Toxiproxy, name: str, url: str, latency_ms: int) -> Iterator[str]:
+    """The URL of a Toxiproxy link to `url` that delays every answer by `latency_ms`; removed afterwards."""
+    link = toxiproxy.create(name, _address(url))
+    try:
+        link.add_toxic("latency", latency=latency_ms)
+        yield link.url
+    finally:
+        link.delete()
 
 
 def _config(tmp_path: Path, **extra: Any) -> Path:
@@ -82,9 +94,8 @@ def _refuses_connections(port: int) -> bool:
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_exits_0(scifact_es, toxiproxy, tmp_path):
-    slow = toxiproxy.create("restart-sigterm", _address(scifact_es))
-    slow.add_toxic("latency", latency=LATENCY_MS)
-    with Serve(_config(tmp_path), slow.url) as serve:
+    with _slowed(toxiproxy, "restart-sigterm", scifact_es, LATENCY_MS) as slow, \
+            Serve(_config(tmp_path), slow) as serve:
         results, threads = _in_flight(serve, CALLS)
         serve.process.send_signal(signal.SIGTERM)
         serve.wait_for_log("shutting down")
@@ -94,7 +105,6 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(scifact_es, toxipro
         assert serve.process.wait(30) == 0
     assert [getattr(r, "status", r) for r in results] == [200] * len(CALLS)
     assert all(r.headers["X-Rerank-Status"] == "reranked" for r in results[4:])  # type: ignore[union-attr]
-    slow.delete()
 
 
 def test_idle_keep_alive_connections_do_not_hold_the_exit(scifact_es, tmp_path):
@@ -109,9 +119,8 @@ def test_idle_keep_alive_connections_do_not_hold_the_exit(scifact_es, tmp_path):
 
 
 def test_requests_past_the_grace_period_are_cut_and_the_exit_is_still_0(scifact_es, toxiproxy, tmp_path):
-    frozen = toxiproxy.create("restart-grace", _address(scifact_es))
-    frozen.add_toxic("latency", latency=60_000)
-    with Serve(_config(tmp_path, shutdown_grace_s=1), frozen.url) as serve:
+    with _slowed(toxiproxy, "restart-grace", scifact_es, 60_000) as frozen, \
+            Serve(_config(tmp_path, shutdown_grace_s=1), frozen) as serve:
         results, threads = _in_flight(serve, CALLS[:2])
         serve.process.send_signal(signal.SIGTERM)
         assert serve.process.wait(20) == 0
@@ -119,13 +128,11 @@ def test_requests_past_the_grace_period_are_cut_and_the_exit_is_still_0(scifact_
         for thread in threads:
             thread.join(10)
     assert all(isinstance(r, Exception) for r in results)  # the connection was closed, not answered wrongly
-    frozen.delete()
 
 
 def test_a_second_sigterm_exits_at_once(scifact_es, toxiproxy, tmp_path):
-    frozen = toxiproxy.create("restart-twice", _address(scifact_es))
-    frozen.add_toxic("latency", latency=60_000)
-    with Serve(_config(tmp_path, shutdown_grace_s=120), frozen.url) as serve:
+    with _slowed(toxiproxy, "restart-twice", scifact_es, 60_000) as frozen, \
+            Serve(_config(tmp_path, shutdown_grace_s=120), frozen) as serve:
         _results, threads = _in_flight(serve, CALLS[:2])
         serve.process.send_signal(signal.SIGTERM)
         serve.wait_for_log("shutting down")
@@ -133,7 +140,6 @@ def test_a_second_sigterm_exits_at_once(scifact_es, toxiproxy, tmp_path):
         assert serve.process.wait(10) == 1
         for thread in threads:
             thread.join(10)
-    frozen.delete()
 
 
 def test_the_port_opens_before_a_slow_model_loads_and_serves_in_cluster_order(scifact_es, toxiproxy, tmp_path):
@@ -141,22 +147,20 @@ def test_the_port_opens_before_a_slow_model_loads_and_serves_in_cluster_order(sc
     warm-up call) takes as long as the test says."""
     service = InfinityServer(make_tiny_cross_encoder(tmp_path / "tiny-ce"), served_model_name="tiny")
     service.start()
-    slow = toxiproxy.create("restart-slow-model", _address(service.url))
     try:
-        slow.add_toxic("latency", latency=4000)
-        remote = {"backend": "remote", "source": slow.url, "remote_model": "tiny", "timeout_s": 60, "retries": 0}
-        with Serve(_config(tmp_path, models={"slow": remote}), scifact_es, wait_ready=False) as serve:
-            first = raw("POST", f"{serve.url}/scifact/_search", SEARCH)
-            assert first.status == 200
-            assert first.headers["X-Rerank-Status"] == "fallback; reason=model-loading"
-            assert _ids(first) == _ids(raw("POST", f"{scifact_es}/scifact/_search", SEARCH))
-            ready = raw("GET", f"{serve.admin_url}/_rerank_proxy/ready")
-            assert ready.status == 503 and orjson.loads(ready.body)["models"] == {"slow": "loading"}
-            assert raw("GET", f"{serve.admin_url}/_rerank_proxy/live").status == 200
-            serve.wait_for(lambda: raw("GET", f"{serve.admin_url}/_rerank_proxy/ready").status == 200, 120)
-            assert raw("POST", f"{serve.url}/scifact/_search", SEARCH).headers["X-Rerank-Status"] == "reranked"
+        with _slowed(toxiproxy, "restart-slow-model", service.url, 4000) as slow:
+            remote = {"backend": "remote", "source": slow, "remote_model": "tiny", "timeout_s": 60, "retries": 0}
+            with Serve(_config(tmp_path, models={"slow": remote}), scifact_es, wait_ready=False) as serve:
+                first = raw("POST", f"{serve.url}/scifact/_search", SEARCH)
+                assert first.status == 200
+                assert first.headers["X-Rerank-Status"] == "fallback; reason=model-loading"
+                assert _ids(first) == _ids(raw("POST", f"{scifact_es}/scifact/_search", SEARCH))
+                ready = raw("GET", f"{serve.admin_url}/_rerank_proxy/ready")
+                assert ready.status == 503 and orjson.loads(ready.body)["models"] == {"slow": "loading"}
+                assert raw("GET", f"{serve.admin_url}/_rerank_proxy/live").status == 200
+                serve.wait_for(lambda: raw("GET", f"{serve.admin_url}/_rerank_proxy/ready").status == 200, 120)
+                assert raw("POST", f"{serve.url}/scifact/_search", SEARCH).headers["X-Rerank-Status"] == "reranked"
     finally:
-        slow.delete()
         service.stop()
 
 

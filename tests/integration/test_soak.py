@@ -27,11 +27,8 @@ def soak_config(upstream: str) -> dict[str, Any]:
         "models": {"minilm": {**MINILM, "max_length": 128}},
         "defaults": {"window": 20, "timeout_ms": 2000, "text": {"fields": ["title", "text"], "max_tokens": 64}},
         "indices": [{"match": ".*", "enabled": False}],
+        "admin": {"listen": f"127.0.0.1:{anchors.free_port()}"},  # a free port, not the default 9202
     }
-    from proxy.config import Config
-
-    if "admin" in Config.model_fields:  # where the proxy has an admin listener: a free port, not the default 9202
-        config["admin"] = {"listen": f"127.0.0.1:{anchors.free_port()}"}
     return config
 
 
