@@ -14,7 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from rerank.chunking import Chunking
 from rerank.ranking import Fusion
-from rerank.spec import ModelSpec
+from rerank.spec import Languages, ModelSpec
 from rerank.text import TextConfig
 
 
@@ -51,6 +51,13 @@ class RerankSettings(_Strict):
     timeout_ms: int = Field(5_000, gt=0, description="model time budget per search before falling back")
     fusion: Fusion = Fusion()
     chunking: Chunking | None = Field(None, description="score long documents by their best chunk")
+    language_gate: bool = Field(
+        True, description="leave a search in the cluster's order (skipped; reason=language) when its query text is "
+        "confidently in a language the model does not serve"
+    )
+    languages: Languages | None = Field(
+        None, description="the query languages reranked here (ISO 639-1 codes, or any); default: the model's"
+    )
 
 
 class SettingsOverride(_Strict):
@@ -65,6 +72,8 @@ class SettingsOverride(_Strict):
     timeout_ms: int | None = Field(None, gt=0)
     fusion: Fusion | None = None
     chunking: Chunking | None = None
+    language_gate: bool | None = None
+    languages: Languages | None = None
 
     def apply_to(self, base: RerankSettings) -> RerankSettings:
         changes = {k: getattr(self, k) for k in self.model_fields_set if k in RerankSettings.model_fields}

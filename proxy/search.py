@@ -18,7 +18,9 @@ from rerank.text import build_document_text
 
 from . import metrics
 from .config import Config, RerankSettings
-from .decide import Decision, Page, decide, requested_page
+from .decide import (
+    NO_GATE, Decision, Page, decide, load_detector, needs_detector, requested_page, served_languages,
+)
 from .query_text import extract_query_text
 from .request_rewrite import ClientView, rewrite_search
 from .resolve import IndexResolver, ResultWindows
@@ -73,6 +75,19 @@ async def _settings(
     return settings, "disabled" if resolution.explicit or varied else "not-configured"
 
 
+async def _languages(
+    config: Config, settings: RerankSettings | None, options: RequestOptions, query: str | None
+) -> Sequence[str]:
+    """The languages the search's model serves, for decide's language gate (NO_GATE where the gate cannot matter).
+    The detector's first load runs in a thread, so the event loop never waits for it."""
+    if settings is None or not settings.enabled or options.force == "on" or not query:
+        return NO_GATE
+    languages = served_languages(settings, config.models[config.model_name(settings)].languages)
+    if needs_detector(languages):
+        await asyncio.to_thread(load_detector)
+    return languages
+
+
 async def _within_result_window(
     windows: ResultWindows | None, index: str | None, page: Page, settings: RerankSettings
 ) -> RerankSettings | Decision:
@@ -103,7 +118,10 @@ async def plan_search(
     query = options.query_override or (
         extract_query_text(body, flat, query_path=settings.query_path) if settings else None
     )
-    decision = decide(body, flat, settings, force=options.force, query_text=query, off_reason=off_reason)
+    languages = await _languages(config, settings, options, query)
+    decision = decide(
+        body, flat, settings, force=options.force, query_text=query, off_reason=off_reason, languages=languages
+    )
     if not decision.rerank:
         return Plan(decision, options.variant)
     assert settings is not None
@@ -150,7 +168,10 @@ async def plan_template(
     names = settings.template_params if settings else None
     query = options.query_override or (tparams.get(names.query) if names else None)
     query = query if isinstance(query, str) and query.strip() else None
-    decision = decide(None, flat, settings, force=options.force, query_text=query, off_reason=off_reason)
+    languages = await _languages(config, settings, options, query)
+    decision = decide(
+        None, flat, settings, force=options.force, query_text=query, off_reason=off_reason, languages=languages
+    )
     if not decision.rerank:
         return Plan(decision, options.variant)
     assert settings is not None and names is not None and body is not None

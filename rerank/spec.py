@@ -1,10 +1,10 @@
 """Typed model configuration: what to load and how to run it."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # Fields that only mean something for backend "remote"; setting one on a local backend is a config mistake.
 REMOTE_FIELDS = frozenset(
@@ -21,6 +21,36 @@ CPU_BATCH_TOKENS = 2_048
 ACCELERATOR_BATCH_TOKENS = 32_768
 CPU_BATCH_PAIRS = 32
 ACCELERATOR_BATCH_PAIRS = 1_024
+
+# ISO 639-1, the two-letter codes a model or an index names its languages with (`any`: every language).
+_ISO_639_1 = """
+aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee el en
+eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is it iu ja jv ka
+kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl
+nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw
+ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu
+"""
+ISO_639_1 = frozenset(_ISO_639_1.split())
+ANY_LANGUAGE = "any"
+
+
+def _language_codes(codes: list[str]) -> list[str]:
+    bad = [code for code in codes if code != ANY_LANGUAGE and code not in ISO_639_1]
+    if bad:
+        raise ValueError(f"not an ISO 639-1 language code (two lowercase letters, e.g. en) or 'any': "
+                         f"{', '.join(map(repr, bad))}")
+    if ANY_LANGUAGE in codes and len(codes) > 1:
+        raise ValueError("'any' already covers every language: list it alone")
+    if len(set(codes)) != len(codes):
+        raise ValueError(f"a language is listed twice: {codes}")
+    return codes
+
+
+# The languages a model serves, or an index's searches are in: ISO 639-1 codes, or ["any"].
+Languages = Annotated[
+    list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), Field(min_length=1),
+    AfterValidator(_language_codes),
+]
 
 
 class CircuitSettings(BaseModel):
@@ -78,6 +108,10 @@ class ModelSpec(BaseModel):
     )
     load_retry_max_s: float = Field(60.0, gt=0, description="engine: longest wait between load attempts")
     circuit: CircuitSettings = Field(default_factory=CircuitSettings)
+    languages: Languages = Field(
+        [ANY_LANGUAGE], description="ISO 639-1 codes of the query languages the model ranks well; a search whose "
+        "query is confidently in another one is not reranked (skipped; reason=language); any = every language"
+    )
 
     # backend "mxbai-v2" (see rerank/mxbai.py): max_length is its query + document budget, 8192 when unset, and
     # dtype defaults to bfloat16 when the device is a GPU.
