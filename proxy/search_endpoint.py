@@ -40,6 +40,7 @@ from .wire import HeaderView, Reply, RequestHead, filtered_target, header_line, 
 _NON_JSON = ("smile", "cbor", "yaml")
 _COMPATIBLE = re.compile(r"compatible-with\s*=\s*(\d+)")
 _DROPPED_ON_REWRITE = (b"content-encoding",)  # a rewritten body is sent as plain JSON
+_SINGLE = (Kind.SEARCH, Kind.SEARCH_TEMPLATE)  # one search each (an `_msearch` says how each of its items went)
 
 
 class _Inflated(ValueError):
@@ -154,7 +155,18 @@ class SearchEndpoint:
     async def handle(self, incoming: Incoming, kind: Kind, index: str | None) -> Reply | PassThrough:
         started = time.perf_counter()
         head = incoming.head
-        limit = self.state.config.max_search_body_bytes
+        config = self.state.config
+        # Without an A/B split only the proxy's own headers choose (`X-Rerank-Variant`): the rest need no reading.
+        headers = head.header_view() if config.ab is not None else HeaderView(head.own)
+        try:
+            choice = choose_variant(config, headers)
+        except UnknownVariant as err:
+            return es_error_reply(400, "illegal_argument_exception", str(err))
+        metrics.counter(metrics.VARIANTS, choice.name, choice.how).inc()
+        if kind in _SINGLE and _forced_off(head):
+            # Nothing of it is read: the body streams to the cluster, and the answer back, as a pass-through's do.
+            return _passed_through(None, ["skipped; reason=header-off"], choice.name)
+        limit = config.max_search_body_bytes
         declared = head.content_length
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _too_large(incoming)  # at once: not a byte of the body is read
@@ -162,11 +174,6 @@ class SearchEndpoint:
         if raw is None:  # a chunked body that grew past the limit: read no further, close (as the clusters do)
             return await _too_large(incoming, close=True)
         headers = head.header_view()
-        try:
-            choice = choose_variant(self.state.config, headers)
-        except UnknownVariant as err:
-            return es_error_reply(400, "illegal_argument_exception", str(err))
-        metrics.counter(metrics.VARIANTS, choice.name, choice.how).inc()
         search = _Search(head, headers, raw, head.query(), request_options(headers, choice.name), started)
         try:
             text: bytes | None = _decompress(raw, headers.get("Content-Encoding", ""), limit)
@@ -179,8 +186,6 @@ class SearchEndpoint:
             return self._skip(search, ["skipped; reason=non-json"])
         if kind in (Kind.MSEARCH, Kind.MSEARCH_TEMPLATE):
             return await self._msearch(search, text, index, kind)
-        if search.options.force == "off":  # what planning would say, without parsing the body first
-            return self._skip(search, ["skipped; reason=header-off"])
         if not _utf8(search.params):  # the cluster refuses these; a rewritten request could not even carry them
             return self._skip(search, ["skipped; reason=bad-request"])
         try:
@@ -259,9 +264,7 @@ class SearchEndpoint:
 
     @staticmethod
     def _skip(search: _Search, statuses: list[str]) -> PassThrough:
-        for status in statuses:
-            metrics.record_search(status, search.options.variant)
-        return PassThrough(search.raw, _status_lines(statuses, search.options.variant))
+        return _passed_through(search.raw, statuses, search.options.variant)
 
     async def _ask_cluster(
         self, search: _Search, body: bytes, params: list[tuple[str, str]], ndjson: bool
@@ -287,6 +290,18 @@ class SearchEndpoint:
         lines = [*reply.head.lines, *_status_lines([o.status for o in outcomes], variant)]
         lines.append(header_line(b"X-Rerank-Took-Ms", took))
         return Reply(reply.status, reply.reason, lines, payload)
+
+
+def _forced_off(head: RequestHead) -> bool:
+    """`X-Rerank: off`, read as `request_options` reads it."""
+    value = head.own_header(b"x-rerank")
+    return value is not None and value.decode("latin-1").strip().lower() == "off"
+
+
+def _passed_through(body: bytes | None, statuses: list[str], variant: str) -> PassThrough:
+    for status in statuses:
+        metrics.record_search(status, variant)
+    return PassThrough(body, _status_lines(statuses, variant))
 
 
 def _utf8(params: list[tuple[str, str]]) -> bool:

@@ -76,6 +76,9 @@ async def build_state(config: Config, previous: ProxyState | None = None, wait_f
     return ProxyState(config, upstream, IndexResolver(config, lookup), engine)
 
 
+_COUNTED = {kind: metrics.counter(metrics.REQUESTS, kind.value) for kind in Kind}  # looked up once, not per request
+
+
 def _route(head: RequestHead) -> Route:
     # Most traffic is not a search: a path that cannot name one skips routing (classify decodes, hence the `%`).
     raw = head.raw_path
@@ -110,7 +113,7 @@ class ProxyServer:
         ):
             return ADMIN
         route = _route(head)
-        metrics.counter(metrics.REQUESTS, route.kind.value).inc()
+        _COUNTED[route.kind].inc()
         return None if route.kind is Kind.PASSTHROUGH else route
 
     async def handle(self, incoming: Incoming, route: Route) -> Reply | PassThrough:

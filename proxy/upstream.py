@@ -548,7 +548,8 @@ class Upstream:
         body can be sent again."""
         length = len(body) if isinstance(body, bytes) and body and not framed else None
         chunked = not framed and body is not None and not isinstance(body, bytes)
-        conn, reused = await self._connection(fresh=False)
+        idle = self._pools[0].take_idle() if len(self._pools) == 1 else None  # the usual case, without a coroutine
+        conn, reused = (idle, True) if idle is not None else await self._connection(fresh=False)
         while True:
             exchange = Exchange(conn, sink, method == "HEAD", chunked_body=chunked)
             head = self._request_head(conn.pool.endpoint, method, target, lines, length, chunked, authorized)

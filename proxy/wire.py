@@ -93,11 +93,13 @@ class RequestHead(Head):
     authorized: bool = False  # the client sent its own `Authorization`
     size: int = 0  # bytes of header names and values, for the relay's limit
     pairs: list[tuple[bytes, bytes]] = field(default_factory=list)  # every header as received, raw
+    own: list[tuple[bytes, bytes]] = field(default_factory=list)  # the proxy's own (`X-Rerank*`), also in `pairs`
 
     def add(self, name: bytes, value: bytes) -> None:
         self.size += len(name) + len(value) + 4
         self.pairs.append((name, value))
         if name[:8].lower() == b"x-rerank" and (len(name) == 8 or name[8:9] == b"-"):
+            self.own.append((name, value))
             return  # `X-Rerank` and `X-Rerank-*` are the proxy's own: read here, never forwarded
         if len(name) == 13 and name.lower() == b"authorization":
             self.authorized = True
@@ -105,6 +107,13 @@ class RequestHead(Head):
 
     def header_view(self) -> HeaderView:
         return HeaderView(self.pairs)
+
+    def own_header(self, name: bytes) -> bytes | None:
+        """One of the proxy's own headers (`name` lowercased), the first if repeated, as `header_view` reads it."""
+        for key, value in self.own:
+            if key.lower() == name:
+                return value
+        return None
 
     @property
     def raw_path(self) -> bytes:

@@ -1,14 +1,20 @@
 """The HTTP side of a search, in the parts that need no cluster: header decoding, the 413 for a body over the
-limit, the `index.max_result_window` lookup."""
+limit, the `index.max_result_window` lookup, a search forced off streamed through unread."""
 from __future__ import annotations
 
 import gzip
 import zlib
+from types import SimpleNamespace
 
 import pytest
 
-from proxy.search_endpoint import _decompress, _Inflated, _max_result_window, _too_large, header_text, request_options
-from proxy.wire import HeaderView
+from proxy.config import parse_config
+from proxy.relay import PassThrough
+from proxy.routing import Kind
+from proxy.search_endpoint import (
+    SearchEndpoint, _decompress, _Inflated, _max_result_window, _too_large, header_text, request_options,
+)
+from proxy.wire import HeaderView, Reply, RequestHead
 
 
 @pytest.mark.parametrize("raw,text", [
@@ -129,3 +135,40 @@ def test_inflating_stops_at_the_limit() -> None:
     with pytest.raises(_Inflated):
         _decompress(bomb, "gzip", 1 << 20)
     assert len(_decompress(gzip.compress(b" " * 1000), "gzip", 1000)) == 1000
+
+
+class _Unread:
+    """A body the search path must not touch."""
+
+    finished, size = False, 60
+
+    async def read(self, limit: int) -> bytes:
+        raise AssertionError("the body was read")
+
+
+def _endpoint(**config: object) -> SearchEndpoint:
+    models = {"m": {"backend": "bi-encoder", "source": "x"}}
+    return SearchEndpoint(SimpleNamespace(config=parse_config({"models": models, **config}),
+                                          upstream=None))
+
+
+def _forced_off_search(*extra: tuple[bytes, bytes]) -> SimpleNamespace:
+    head = RequestHead(method="POST", target=b"/idx/_search")
+    for name, value in [(b"Content-Length", b"60"), (b"X-Rerank", b" OFF "), *extra]:
+        head.add(name, value)
+    return SimpleNamespace(head=head, body=_Unread())
+
+
+async def test_a_search_forced_off_streams_through_unread() -> None:
+    answer = await _endpoint(max_search_body_bytes=10).handle(_forced_off_search(), Kind.SEARCH, "idx")
+    assert isinstance(answer, PassThrough) and answer.body is None  # not even its size is the proxy's business
+    assert answer.extra_lines == [b"X-Rerank-Status: skipped; reason=header-off\r\n",
+                                  b"X-Rerank-Variant: control\r\n"]
+
+
+async def test_a_search_forced_off_still_names_its_variant_or_refuses_an_unknown_one() -> None:
+    endpoint = _endpoint(variants={"b": {"window": 5}})
+    named = await endpoint.handle(_forced_off_search((b"X-Rerank-Variant", b"b")), Kind.SEARCH, "idx")
+    assert named.extra_lines[1] == b"X-Rerank-Variant: b\r\n"
+    unknown = await endpoint.handle(_forced_off_search((b"X-Rerank-Variant", b"z")), Kind.SEARCH, "idx")
+    assert isinstance(unknown, Reply) and unknown.status == 400
