@@ -18,7 +18,7 @@ from .config import ConfigError, load_config
 async def _serve(config_path: Path, listen: str | None, upstreams: list[str] | None, admin_listen: str | None) -> int:
     from .server import start_server
 
-    overrides = {"listen": listen, "upstreams": upstreams, "admin_listen": admin_listen}
+    overrides: dict[str, Any] = {"listen": listen, "upstreams": upstreams, "admin_listen": admin_listen}
     config = load_config(config_path).with_overrides(**overrides)
     # The ports open before the models have loaded: their searches are served in the cluster's order meanwhile.
     serving = await start_server(config, config_path, overrides, wait_for_models=False)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a server log is no place for weight-loading bars
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a server log is no place for weight-loading bars
     try:
         if args.command == "serve":
             return _serve_forever(_serve(args.config, args.listen, args.upstream, args.admin_listen))

@@ -55,7 +55,7 @@ def _is_score_sort(sort: Any) -> bool:
     if isinstance(item, Mapping) and list(item) == ["_score"]:
         spec = item["_score"]
         order = spec.get("order", "desc") if isinstance(spec, Mapping) else spec
-        return order == "desc"
+        return bool(order == "desc")
     return False
 
 

@@ -42,7 +42,8 @@ def demo_config(port: int, upstream: str) -> dict[str, Any]:
 
 def load_sample() -> dict[str, Any]:
     data = resources.files("proxy").joinpath("demo_data/scifact-sample.json.gz").read_bytes()
-    return json.loads(gzip.decompress(data))
+    sample: dict[str, Any] = json.loads(gzip.decompress(data))
+    return sample
 
 
 async def index_sample(http: aiohttp.ClientSession, cluster: str, corpus: list[dict[str, Any]]) -> None:

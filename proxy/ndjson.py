@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import orjson
@@ -111,7 +112,7 @@ def _dumps_deep(value: Any, pretty: bool) -> bytes:
     depths = _depths(value)
     out: list[bytes] = []
     # Each frame: the items still to write of one open container, whether it is an object, its nesting level.
-    stack: list[tuple[Any, bool, int]] = []
+    stack: list[tuple[Iterator[Any], bool, int]] = []
 
     def write(item: Any, level: int) -> None:
         """One value: a scalar or a part shallow enough for orjson, written whole; else the container opened."""
@@ -121,7 +122,7 @@ def _dumps_deep(value: Any, pretty: bool) -> bytes:
             return
         is_object = isinstance(item, dict)
         out.append(b"{" if is_object else b"[")
-        stack.append((iter(item.items() if is_object else item), is_object, level + 1))
+        stack.append((iter(item.items()) if isinstance(item, dict) else iter(item), is_object, level + 1))
 
     write(value, 0)
     first = True  # the next item is the first of its container
@@ -165,7 +166,7 @@ def _depths(value: Any) -> dict[int, int]:
     return depths
 
 
-_END = object()
+_END: Any = object()
 
 
 def _header(raw: bytes) -> dict[str, Any]:

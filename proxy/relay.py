@@ -613,7 +613,8 @@ class RelayServer:
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), host, port, backlog=1024, reuse_address=True, ssl=tls
         )
-        return self._server.sockets[0].getsockname()[:2]
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
 
     def stop_accepting(self) -> None:
         """New connections are refused from now on; the open ones finish the requests they have begun, then close."""

@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from rerank.chunking import chunk_documents
 from rerank.engine import CircuitOpen, ModelLoading, ModelUnavailable, Overloaded, ScoringEngine
@@ -39,21 +39,43 @@ class RequestOptions:
     explain: bool
 
 
-@dataclass(frozen=True)
-class Plan:
-    decision: Decision
+@dataclass(frozen=True, kw_only=True)
+class Skip:
+    """A search left to the cluster: the client's request goes as it came, the answer comes back as it is."""
+
+    reason: str
     variant: str
-    settings: RerankSettings | None = None
-    model: str | None = None
-    query: str | None = None
-    upstream_body: dict[str, Any] | None = None  # None: send the client's request unchanged
-    upstream_params: list[tuple[str, str]] | None = None
-    view: ClientView | None = None
-    window: int | None = None  # None: every returned hit (templates whose size the proxy cannot set)
+
+    @property
+    def decision(self) -> Decision:
+        return Decision(False, self.reason)
 
     @property
     def skip_status(self) -> str:
-        return f"skipped; reason={self.decision.reason}"
+        return f"skipped; reason={self.reason}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rerank:
+    """A search the proxy reranks: what to ask the cluster instead, and how to score and rewrite its answer."""
+
+    variant: str
+    settings: RerankSettings
+    model: str
+    query: str
+    upstream_body: dict[str, Any]
+    upstream_params: list[tuple[str, str]]
+    view: ClientView  # the page and `_source`/`filter_path` the client asked for
+    window: int | None  # None: every returned hit (templates whose size the proxy cannot set)
+
+    decision: ClassVar[Decision] = Decision(True)
+
+
+Plan = Skip | Rerank
+
+
+def _skip(decision: Decision, variant: str) -> Skip:
+    return Skip(reason=decision.reason or "unknown", variant=variant)
 
 
 @dataclass(frozen=True)
@@ -112,7 +134,7 @@ async def plan_search(
 ) -> Plan:
     """`result_windows`: where the searched indices' `index.max_result_window` is looked up (None: not at all)."""
     if options.force == "off":  # before resolving: no alias lookup for a search that is relayed as is
-        return Plan(Decision(False, "header-off"), options.variant)
+        return Skip(reason="header-off", variant=options.variant)
     flat = dict(params)
     settings, off_reason = await _settings(config, resolver, index, options)
     query = options.query_override or (
@@ -123,21 +145,21 @@ async def plan_search(
         body, flat, settings, force=options.force, query_text=query, off_reason=off_reason, languages=languages
     )
     if not decision.rerank:
-        return Plan(decision, options.variant)
-    assert settings is not None
+        return _skip(decision, options.variant)
+    assert settings is not None and query, "decide() reranks only with settings and a query text"
     page = requested_page(body or {}, flat)
     assert page is not None, "decide() rejects searches without a valid page"
     within = await _within_result_window(result_windows, index, page, settings)
     if isinstance(within, Decision):
-        return Plan(within, options.variant)
+        return _skip(within, options.variant)
     settings = within
     try:
         upstream, view = rewrite_search(body, params, settings.window, settings.text.source_fields())
     except ValueError:
-        return Plan(Decision(False, "bad-request"), options.variant)
-    return Plan(
-        decision, options.variant, settings, config.model_name(settings), query,
-        upstream.body, upstream.params, view, settings.window,
+        return Skip(reason="bad-request", variant=options.variant)
+    return Rerank(
+        variant=options.variant, settings=settings, model=config.model_name(settings), query=query,
+        upstream_body=upstream.body, upstream_params=upstream.params, view=view, window=settings.window,
     )
 
 
@@ -160,7 +182,7 @@ async def plan_template(
 ) -> Plan:
     """Search templates hide the DSL; the query text and the page come from the template params named in config."""
     if options.force == "off":
-        return Plan(Decision(False, "header-off"), options.variant)
+        return Skip(reason="header-off", variant=options.variant)
     flat = dict(params)
     settings, off_reason = await _settings(config, resolver, index, options)
     tparams = body.get("params") if isinstance(body, Mapping) else None
@@ -173,18 +195,18 @@ async def plan_template(
         None, flat, settings, force=options.force, query_text=query, off_reason=off_reason, languages=languages
     )
     if not decision.rerank:
-        return Plan(decision, options.variant)
-    assert settings is not None and names is not None and body is not None
+        return _skip(decision, options.variant)
+    assert settings is not None and names is not None and body is not None and query
     from_, size = _int(tparams.get(names.from_), 0), _int(tparams.get(names.size), 10)
     if from_ is None or size is None:
-        return Plan(Decision(False, "bad-page"), options.variant)
+        return Skip(reason="bad-page", variant=options.variant)
     if names.size in tparams:  # the page is the proxy's to set: within the indices' max_result_window
         within = await _within_result_window(result_windows, index, Page(from_, size), settings)
         if isinstance(within, Decision):
-            return Plan(within, options.variant)
+            return _skip(within, options.variant)
         settings = within
     if from_ >= settings.window:
-        return Plan(Decision(False, "page-past-window"), options.variant)
+        return Skip(reason="page-past-window", variant=options.variant)
     window = settings.window if names.size in tparams else None
     new_params = dict(tparams)
     if window is not None:
@@ -194,9 +216,9 @@ async def plan_template(
         from_, size = 0, 10_000  # the template decides the page; rerank what it returns
     view = ClientView(Page(from_, size), SourceFilter(), False, flat.get("filter_path"))
     kept = [(k, v) for k, v in params if k != "filter_path"]
-    return Plan(
-        decision, options.variant, settings, config.model_name(settings), query,
-        {**body, "params": new_params}, kept, view, window,
+    return Rerank(
+        variant=options.variant, settings=settings, model=config.model_name(settings), query=query,
+        upstream_body={**body, "params": new_params}, upstream_params=kept, view=view, window=window,
     )
 
 
@@ -215,11 +237,10 @@ def _cluster_hits(response: Any) -> list[dict[str, Any]] | None:
 
 
 async def finish(
-    plan: Plan, response: Any, engine: ScoringEngine, options: RequestOptions, *, opensearch: bool
+    plan: Rerank, response: Any, engine: ScoringEngine, options: RequestOptions, *, opensearch: bool
 ) -> Outcome:
     """Scores the window and rewrites the cluster's response; on any model trouble, the cluster's order.
     `opensearch`: the cluster's flavour, whose `_source`/`filter_path` shaping differs in detail."""
-    assert plan.settings is not None and plan.view is not None and plan.model and plan.query
     hits = _cluster_hits(response)
     if hits is None:  # an `_msearch` error item: returned as sent (the cluster never filters errors either)
         return Outcome(response, "skipped; reason=no-hits", 0.0)

@@ -31,7 +31,7 @@ from .ndjson import NdjsonError, TooDeep, dumps, item_index, parse_msearch, seri
 from .relay import Incoming, PassThrough
 from .resolve import ResultWindows, smallest_result_window
 from .routing import Kind
-from .search import Outcome, Plan, RequestOptions, finish, plan_search, plan_template
+from .search import Outcome, Plan, RequestOptions, Rerank, Skip, finish, plan_search, plan_template
 from .upstream import Collected
 from .variants import CONTROL, UnknownVariant, choose_variant
 from .view import apply_filter_path
@@ -201,9 +201,9 @@ class SearchEndpoint:
         plan = await planner(
             self.state.config, self.state.resolver, index, body, search.params, search.options, self.windows
         )
-        if not plan.decision.rerank:
+        if isinstance(plan, Skip):
             return self._skip(search, [plan.skip_status])
-        reply = await self._ask_cluster(search, dumps(plan.upstream_body), plan.upstream_params or [], False)
+        reply = await self._ask_cluster(search, dumps(plan.upstream_body), plan.upstream_params, False)
         try:
             document = _document(reply)
         except _Unparseable:
@@ -231,11 +231,11 @@ class SearchEndpoint:
         plans: list[Plan] = await asyncio.gather(*(
             planner(config, resolver, item_index(item, index), item.body, [], options, self.windows) for item in items
         ))
-        if not any(p.decision.rerank for p in plans):
-            return self._skip(search, [p.skip_status for p in plans])
+        if all(isinstance(p, Skip) for p in plans):
+            return self._skip(search, [p.skip_status for p in plans if isinstance(p, Skip)])
         lines = []
         for item, plan in zip(items, plans):
-            lines += [item.raw_header, dumps(plan.upstream_body) if plan.decision.rerank else item.raw_body]
+            lines += [item.raw_header, dumps(plan.upstream_body) if isinstance(plan, Rerank) else item.raw_body]
         kept = [(k, v) for k, v in search.params if k != "filter_path"]
         reply = await self._ask_cluster(search, serialize_msearch(lines), kept, True)
         try:
@@ -248,7 +248,7 @@ class SearchEndpoint:
         opensearch = _opensearch(reply)
 
         async def one(plan: Plan, item_response: Any) -> Outcome:
-            if not plan.decision.rerank:
+            if isinstance(plan, Skip):
                 return Outcome(item_response, plan.skip_status, 0.0)
             return await finish(plan, item_response, self.state.engine, options, opensearch=opensearch)
 
@@ -276,7 +276,10 @@ class SearchEndpoint:
         if content_type is not None:
             lines.append(header_line(b"content-type", content_type))
         target = filtered_target(head.raw_path, head.raw_query, params)
-        return await self.state.upstream.fetch(head.method, target, lines, body, authorized=head.authorized)
+        reply: Collected = await self.state.upstream.fetch(
+            head.method, target, lines, body, authorized=head.authorized
+        )
+        return reply
 
     @staticmethod
     def _reranked(search: _Search, reply: Collected, document: Any, outcomes: list[Outcome]) -> Reply:

@@ -237,6 +237,9 @@ class _PathFilter:
 
 # ---- ES's map-based source filter (XContentMapValues.filter) ----
 
+_State = frozenset[tuple[int, int]]  # the automaton's positions: (pattern, step) pairs
+
+
 class _Automaton:
     """ES's source-filter automaton: each glob `p` (only `*` is special) also matches `p.` + anything.
 
@@ -285,7 +288,7 @@ _MATCH_ALL = _automaton(("*",))
 
 def _map_filter(
     source: dict[str, Any], include: _Automaton, exclude: _Automaton,
-    include_state: frozenset | None = None, exclude_state: frozenset | None = None,
+    include_state: _State | None = None, exclude_state: _State | None = None,
 ) -> dict[str, Any]:
     include_state = include.start if include_state is None else include_state
     exclude_state = exclude.start if exclude_state is None else exclude_state
@@ -318,7 +321,7 @@ def _map_filter(
 
 
 def _map_filter_list(
-    values: list[Any], include: _Automaton, include_state: frozenset, exclude: _Automaton, exclude_state: frozenset
+    values: list[Any], include: _Automaton, include_state: _State, exclude: _Automaton, exclude_state: _State
 ) -> list[Any]:
     out = []
     for value in values:

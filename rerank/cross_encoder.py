@@ -26,7 +26,8 @@ def activation(path: str, config: Any) -> Callable[[torch.Tensor], torch.Tensor]
     # Like sentence-transformers without trust_remote_code, only torch's own activations are honoured.
     if isinstance(saved, str) and saved.startswith("torch."):
         module, _, cls = saved.rpartition(".")
-        return getattr(importlib.import_module(module), cls)()
+        activation: Callable[[torch.Tensor], torch.Tensor] = getattr(importlib.import_module(module), cls)()
+        return activation
     return torch.sigmoid if config.num_labels == 1 else torch.nn.Identity()
 
 

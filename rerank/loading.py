@@ -19,7 +19,7 @@ from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 import torch
 from transformers import AutoTokenizer
-from transformers.utils import cached_file
+from transformers.utils.hub import cached_file
 
 from rerank.backend import Encoding, ModelLoadError
 from rerank.batching import token_batches
@@ -161,7 +161,7 @@ def compile_blocks(module: torch.nn.Module) -> Callable[[], None] | None:
         return None
     originals = list(blocks)
     for i, block in enumerate(originals):
-        blocks[i] = torch.compile(block, dynamic=True)
+        blocks[i] = torch.compile(block, dynamic=True)  # type: ignore[assignment]  # a callable module in its place
 
     def uncompile() -> None:
         for i, block in enumerate(originals):
@@ -219,7 +219,8 @@ class TransformersScorer(ABC, Generic[E]):
         a search would stall it for seconds, so a single pair and then two are scored here. A model that fails to
         compile (no C++ compiler, an operator inductor cannot lower) runs uncompiled: slower, but it serves.
         """
-        if self.compiled:
+        uncompile = self._uncompile
+        if uncompile is not None:
             try:
                 self.score_pairs(["warm up"], ["warm up"])
                 # Documents not seen before: the bi-encoder would take a known one from its cache, not the model.
@@ -227,7 +228,7 @@ class TransformersScorer(ABC, Generic[E]):
             except Exception as exc:
                 log.warning("model %s: torch.compile failed, running uncompiled: %s: %s", self.name,
                             type(exc).__name__, exc)
-                self._uncompile()
+                uncompile()
                 self._uncompile = None
         log.info("model %s: ready on %s, %s, %s", self.name, self.device, str(self.model.dtype).removeprefix("torch."),
                  "compiled" if self.compiled else "not compiled")
@@ -257,7 +258,8 @@ class TransformersScorer(ABC, Generic[E]):
 
     def _module(self) -> torch.nn.Module:
         """The part of the model `forward` runs (and compiles): all of it, unless a backend reads an inner part."""
-        return self.model
+        module: torch.nn.Module = self.model
+        return module
 
     def _max_length(self) -> int:
         # Never feed more than the tokenizer or the position embeddings allow, whatever the config asks for.

@@ -131,7 +131,8 @@ class MxbaiV2Scorer(TransformersScorer[Prompt]):
 
     def _module(self) -> torch.nn.Module:
         # The decoder alone: the LM head runs on each row's last real token only (`_score_rows`).
-        return self.model.base_model
+        decoder: torch.nn.Module = self.model.base_model
+        return decoder
 
     def _max_length(self) -> int:
         # The budget excludes the template, so the generic min(config, tokenizer, positions) does not apply;
@@ -141,7 +142,8 @@ class MxbaiV2Scorer(TransformersScorer[Prompt]):
     def _ids(self, text: str, tokenizer: Any = None) -> list[int]:
         """Ids of one piece, by `tokenizer` (the engine's tokenizer thread passes its own) or the model's."""
         tokenizer = self.tokenizer if tokenizer is None else tokenizer
-        return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        ids: list[int] = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return ids
 
     def query_ids(self, query: str, tokenizer: Any = None) -> list[int]:
         ids = self._ids(query_part(query, self.instruction), tokenizer)
@@ -189,7 +191,8 @@ class MxbaiV2Scorer(TransformersScorer[Prompt]):
         hidden = self.forward(**inputs).last_hidden_state
         logits = self.model.get_output_embeddings()(hidden[torch.arange(len(tails), device=self.device), last])
         # The difference in float32: rounding it to bfloat16 would cost up to ~0.03 at typical magnitudes.
-        return (logits[:, self.relevant_id].float() - logits[:, self.not_relevant_id].float()).tolist()
+        scores: list[float] = (logits[:, self.relevant_id].float() - logits[:, self.not_relevant_id].float()).tolist()
+        return scores
 
     def _shared_prefix(self, prompts: list[Prompt]) -> array[int]:
         """The ids every row of a call opens with and that run apart from them: chat prefix and query when the rows
@@ -214,7 +217,9 @@ class MxbaiV2Scorer(TransformersScorer[Prompt]):
             computed = DynamicCache(config=self.model.config)
             ids = torch.frombuffer(prefix, dtype=torch.int32).to(device=self.device, dtype=torch.long)[None]
             self.forward(input_ids=ids, use_cache=True, **{self._cache_arg: computed})
-            layers = [(layer.keys, layer.values) for layer in computed.layers]
+            # A decoder's layers are full-attention `DynamicLayer`s (Qwen2 has no linear-attention layers); reading
+            # their tensors is transformers 5's cache API (`layers`, `keys`, `values`), pinned by the lock file.
+            layers = [(layer.keys, layer.values) for layer in computed.layers]  # type: ignore[union-attr,misc]
             self._prefixes.put(key, layers)
         cache = DynamicCache(config=self.model.config)
         for i, (keys, values) in enumerate(layers):

@@ -22,7 +22,7 @@ def load_scorer(name: str, spec: ModelSpec) -> Scorer:
     if target is None:
         raise ModelLoadError(f"model {name!r}: unknown backend {spec.backend!r} (known: {', '.join(BACKENDS)})")
     module, _, cls = target.partition(":")
-    scorer = getattr(importlib.import_module(module), cls)(spec, name=name)
+    scorer: Scorer = getattr(importlib.import_module(module), cls)(spec, name=name)
     warm_up = getattr(scorer, "warm_up", None)
     if warm_up is not None:
         warm_up()

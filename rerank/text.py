@@ -241,14 +241,15 @@ def _render_template(source: Any, lines: list[list[_Segment]]) -> str:
     out: list[str] = []
     i = 0
     while i < len(rendered):
-        if rendered[i] is not None and rendered[i].strip():
-            out.append(rendered[i])
+        current_line = rendered[i]
+        if current_line is not None and current_line.strip():
+            out.append(current_line)
             i += 1
             continue
         # A run of blank and vanished lines: keep the longest blank stretch between vanished lines, so the
         # template's own spacing survives but a missing field adds none.
         runs, current, vanished = [], 0, False
-        while i < len(rendered) and (rendered[i] is None or not rendered[i].strip()):
+        while i < len(rendered) and not (rendered[i] or "").strip():  # vanished (None) or blank
             if rendered[i] is None:
                 vanished = True
                 runs.append(current)
