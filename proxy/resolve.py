@@ -3,15 +3,19 @@ and how many hits the searched indices let one search ask for (`index.max_result
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from cachetools import TTLCache
 
 from .config import Config, IndexRule, RerankSettings
 
 AliasLookup = Callable[[str], Awaitable[list[str]]]  # alias or pattern -> concrete index names
 # index expression -> the smallest `index.max_result_window` of the indices it names (None: not known)
 ResultWindowLookup = Callable[[str], Awaitable[int | None]]
+# Index names and expressions come from clients: what is kept of what the cluster said about them must be bounded.
+MAX_CACHED = 4096
+_UNKNOWN = -1  # not cached (a cached window may be None: the cluster named none)
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,8 @@ class IndexResolver:
     def __init__(self, config: Config, lookup_aliases: AliasLookup, ttl_s: float | None = None):
         self._config = config
         self._lookup = lookup_aliases
-        self._ttl = config.upstream.alias_cache_ttl_s if ttl_s is None else ttl_s
-        self._cache: dict[str, tuple[float, list[str]]] = {}
+        ttl = config.upstream.alias_cache_ttl_s if ttl_s is None else ttl_s
+        self._cache: TTLCache[str, list[str]] = TTLCache(MAX_CACHED, ttl)
 
     async def resolve(self, expression: str | None) -> Resolution:
         rules: set[int | None] = set()
@@ -60,15 +64,14 @@ class IndexResolver:
         """A name with a rule of its own is taken as is; otherwise it may be an alias or a pattern, asked once per TTL."""
         if not self._config.indices or self._config.rule_for(name.split(":")[-1]) is not None:
             return [name]
-        now = time.monotonic()
         hit = self._cache.get(name)
-        if hit and now - hit[0] < self._ttl:
-            return hit[1]
+        if hit is not None:
+            return hit
         try:
             indices = await self._lookup(name) or [name]
         except Exception:  # the cluster will answer the search itself; resolve by name meanwhile, without caching
             return [name]
-        self._cache[name] = (now, indices)
+        self._cache[name] = indices
         return indices
 
 
@@ -77,19 +80,16 @@ class ResultWindows:
     once per TTL per index expression; concurrent searches on a cold entry share one lookup. None: unknown (the
     lookup failed or found nothing), which leaves the rerank window as configured."""
 
-    MAX_ENTRIES = 4096  # index expressions come from clients: the cache must not grow without bound
-
-    def __init__(self, lookup: ResultWindowLookup, ttl_s: float):
+    def __init__(self, lookup: ResultWindowLookup, ttl_s: float, max_entries: int = MAX_CACHED):
         self._lookup = lookup
-        self._ttl = ttl_s
-        self._cache: dict[str, tuple[float, int | None]] = {}
+        self._cache: TTLCache[str, int | None] = TTLCache(max_entries, ttl_s)
         self._pending: dict[str, asyncio.Future[int | None]] = {}
 
     async def limit(self, expression: str | None) -> int | None:
         key = expression or "_all"
-        hit = self._cache.get(key)
-        if hit and time.monotonic() - hit[0] < self._ttl:
-            return hit[1]
+        hit = self._cache.get(key, _UNKNOWN)
+        if hit is not _UNKNOWN:
+            return hit
         pending = self._pending.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._fetch(key))
@@ -102,12 +102,7 @@ class ResultWindows:
             value = await self._lookup(key)
         except Exception:  # the cluster will answer the search itself; no clamp meanwhile, and no caching
             return None
-        if len(self._cache) >= self.MAX_ENTRIES:
-            now = time.monotonic()
-            self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self._ttl}
-            while len(self._cache) >= self.MAX_ENTRIES:
-                del self._cache[next(iter(self._cache))]
-        self._cache[key] = (time.monotonic(), value)
+        self._cache[key] = value
         return value
 
 

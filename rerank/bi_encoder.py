@@ -1,7 +1,6 @@
 """Embedding models (sentence-transformers folders or plain encoders): score = cosine(query, document)."""
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -11,6 +10,7 @@ from transformers import AutoModel
 
 from rerank.backend import ModelLoadError, text_key
 from rerank.loading import Tokenized, TransformersScorer, read_json, tokenize
+from rerank.lru import LRU
 from rerank.spec import ModelSpec
 
 POOLING_MODES = ("mean", "cls", "lasttoken")
@@ -81,7 +81,7 @@ class BiEncoderScorer(TransformersScorer[EmbeddingPair]):
         # A text's embedding does not depend on what it is paired with: each text, query or document, is embedded once
         # and kept in an LRU. Written by the scoring thread only; `_encode` (maybe on the engine's tokenizer thread)
         # only asks what it holds.
-        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._cache: LRU[bytes, torch.Tensor] = LRU(self.spec.cache_entries)
 
     def _encode(self, tokenizer: Any, queries: Sequence[str], docs: Sequence[str]) -> list[EmbeddingPair]:
         texts = {text_key(text): text for text in dict.fromkeys([*queries, *docs])}
@@ -101,7 +101,7 @@ class BiEncoderScorer(TransformersScorer[EmbeddingPair]):
             return (doc_vecs * query_vecs).sum(-1).tolist()
 
     def _vectors(self, inputs: Sequence[EmbeddingInput]) -> dict[bytes, torch.Tensor]:
-        found = {text.key: self._cache[text.key] for text in inputs if text.key in self._cache}
+        found = {text.key: vector for text in inputs if (vector := self._cache.get(text.key)) is not None}
         new: dict[bytes, Tokenized] = {}
         for text in inputs:
             if text.key not in found and text.key not in new:
@@ -109,10 +109,7 @@ class BiEncoderScorer(TransformersScorer[EmbeddingPair]):
                 new[text.key] = text.tokenized or tokenize(self.tokenizer, [text.text], max_length=self.max_length)[0]
         found.update(zip(new, self._embed(list(new.values()))))
         for key in dict.fromkeys(text.key for text in inputs):  # least recently used goes first
-            self._cache[key] = found[key]
-            self._cache.move_to_end(key)
-        while len(self._cache) > self.spec.cache_entries:
-            self._cache.popitem(last=False)
+            self._cache.put(key, found[key])
         return found
 
     def _embed(self, inputs: Sequence[Tokenized]) -> list[torch.Tensor]:

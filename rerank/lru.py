@@ -1,4 +1,5 @@
-"""A bounded mapping that forgets the least recently used entry: the engine's score cache, mxbai's prefix cache."""
+"""A bounded mapping that forgets the least recently used entry: the engine's score cache, mxbai's prefix cache, the
+bi-encoder's embeddings."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -18,6 +19,13 @@ class LRU(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether `key` is held, without making it recently used (safe to ask from another thread)."""
+        return key in self._items
+
+    def clear(self) -> None:
+        self._items.clear()
 
     def get(self, key: K) -> V | None:
         value = self._items.get(key)

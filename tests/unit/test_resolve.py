@@ -123,8 +123,7 @@ async def test_an_expired_entry_is_asked_again():
 
 async def test_the_cache_holds_a_bounded_number_of_expressions():
     lookup = Windows({})
-    windows = ResultWindows(lookup, ttl_s=60)
-    windows.MAX_ENTRIES = 3
+    windows = ResultWindows(lookup, ttl_s=60, max_entries=3)
     for i in range(10):
         await windows.limit(f"index-{i}")
     assert len(windows._cache) <= 3 and "index-9" in windows._cache
