@@ -58,7 +58,12 @@ import torch  # noqa: E402
 from benchmarks.engine import Row, Search, markdown, run_direct, run_engine  # noqa: E402
 from rerank.batching import token_batches  # noqa: E402
 from tests.qwen import (  # noqa: E402
-    BASE_V2_CONFIG, QWEN_VOCAB, TINY_CONFIG, parameter_shapes, qwen2_config, save_tokenizer,
+    BASE_V2_CONFIG,
+    QWEN_VOCAB,
+    TINY_CONFIG,
+    parameter_shapes,
+    qwen2_config,
+    save_tokenizer,
 )
 
 TEST_VOCAB = "test"  # --vocab's spelling of the tests' small BPE
@@ -114,8 +119,8 @@ def write_random_qwen2(folder: Path, shape: dict[str, Any], dtype: torch.dtype, 
                        vocab: Path | None, seed: int = 0) -> None:
     """A hub-style Qwen2ForCausalLM folder with random weights drawn on `device` (fast on a GPU) in `dtype`; the
     tokenizer is Qwen's from the `vocab` file, or the tests' small BPE."""
-    from tokenizers import Tokenizer
     from safetensors.torch import save_file
+    from tokenizers import Tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     save_tokenizer(folder, vocab=vocab)

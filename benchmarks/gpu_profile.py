@@ -43,8 +43,17 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks.gpu_bench import (  # noqa: E402
-    SHAPES, add_vocab_argument, layer_parameters, log, peak_tflops, sequence_flops, synchronize, synthetic_texts,
-    tokenizer_name, vocab_file, write_random_qwen2,
+    SHAPES,
+    add_vocab_argument,
+    layer_parameters,
+    log,
+    peak_tflops,
+    sequence_flops,
+    synchronize,
+    synthetic_texts,
+    tokenizer_name,
+    vocab_file,
+    write_random_qwen2,
 )
 from rerank.batching import token_batches  # noqa: E402
 
@@ -201,7 +210,6 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
     print("\n".join(table))
     print(f"\n{name}: kernels of the padded forward (torch.profiler)\n")
     print(kernels, flush=True)
-    del scorer, model
 
 
 def main(argv: list[str] | None = None) -> None:

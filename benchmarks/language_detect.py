@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rerank import language
-from rerank.lru import LRU
+from rerank import language  # noqa: E402
+from rerank.lru import LRU  # noqa: E402
 
 XQUAD = ("ar", "el", "en", "es", "hi", "th", "tr", "zh")
 ENGLISH = ("scifact", "medline", "cosqa", "gorilla-hf", "cranfield", "cisi", "vaswani", "metatool")

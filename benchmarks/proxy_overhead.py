@@ -206,7 +206,7 @@ async def run_arm(
                     await r.read()
                     ok = r.status == 200
                     status = r.headers.get("X-Rerank-Status")
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 ok, status = False, None
             elapsed_ms = (time.perf_counter() - t0) * 1000
             if into is None:

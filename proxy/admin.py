@@ -80,6 +80,8 @@ async def admin_reply(head: RequestHead, server: Any) -> Reply:
         try:
             await server.reload()
         except ConfigError as err:
-            return es_error_reply(400, "rerank_proxy_config_exception", f"config not reloaded, the old one stays: {err}")
+            return es_error_reply(
+                400, "rerank_proxy_config_exception", f"config not reloaded, the old one stays: {err}"
+            )
         return json_reply(200, orjson.dumps({"acknowledged": True, "models": server.state.engine.states()}))
     return es_error_reply(404, "rerank_proxy_admin_exception", f"no admin endpoint [{method} {head.path}]")

@@ -54,7 +54,8 @@ async def index_sample(http: aiohttp.ClientSession, cluster: str, corpus: list[d
         response.raise_for_status()
     lines = []
     for doc in corpus:
-        lines += [orjson.dumps({"index": {"_id": doc["_id"]}}), orjson.dumps({"title": doc["title"], "text": doc["text"]})]
+        source = {"title": doc["title"], "text": doc["text"]}
+        lines += [orjson.dumps({"index": {"_id": doc["_id"]}}), orjson.dumps(source)]
     body = b"\n".join(lines) + b"\n"
     async with http.post(
         f"{cluster}/{INDEX}/_bulk?refresh=true", data=body, headers={"Content-Type": "application/x-ndjson"}

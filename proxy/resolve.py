@@ -61,7 +61,8 @@ class IndexResolver:
         return Resolution(chosen.apply_to(self._config.defaults), f"indices.{rule}", explicit=True)
 
     async def _concrete(self, name: str) -> list[str]:
-        """A name with a rule of its own is taken as is; otherwise it may be an alias or a pattern, asked once per TTL."""
+        """A name with a rule of its own is taken as is; otherwise it may be an alias or a pattern, asked once per
+        TTL."""
         if not self._config.indices or self._config.rule_for(name.split(":")[-1]) is not None:
             return [name]
         hit = self._cache.get(name)

@@ -1,4 +1,5 @@
-"""One search, as a straight line of steps: resolve -> decide -> rewrite request -> (cluster) -> score -> rewrite response.
+"""One search, as a straight line of steps:
+resolve -> decide -> rewrite request -> (cluster) -> score -> rewrite response.
 
 `plan_search` / `plan_template` do everything before the cluster is asked and `finish` everything after; both are
 shared by `_search`, each `_msearch` item and the template variants. Nothing here speaks HTTP.
@@ -19,14 +20,21 @@ from rerank.text import build_document_text
 from . import metrics
 from .config import Config, RerankSettings
 from .decide import (
-    NO_GATE, Decision, Page, decide, load_detector, needs_detector, requested_page, served_languages,
+    NO_GATE,
+    Decision,
+    Page,
+    decide,
+    load_detector,
+    needs_detector,
+    requested_page,
+    served_languages,
 )
 from .query_text import extract_query_text
 from .request_rewrite import ClientView, rewrite_search
 from .resolve import IndexResolver, ResultWindows
 from .response_rewrite import apply_client_filter_path, rewrite_hits
-from .view import SourceFilter
 from .variants import apply_variant
+from .view import SourceFilter
 
 
 @dataclass(frozen=True)

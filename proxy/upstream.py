@@ -22,7 +22,6 @@ import httptools
 from .config import Config, UpstreamOptions
 from .wire import Head, header_line
 
-
 # Answers after which the cluster may have stopped reading the connection properly: Elasticsearch answers a too-long
 # header with a well-framed 400 and then ignores that socket. The wire cannot tell that 400 from a query error's, so
 # no connection is reused after any of these (a reconnect costs less than one stalled client).

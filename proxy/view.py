@@ -18,10 +18,10 @@ tests/unit/test_view.py are their outputs):
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-import re
 from typing import Any
 
 
@@ -273,7 +273,7 @@ class _Automaton:
             state = self._moves[state, ch]
         return state
 
-    @lru_cache(maxsize=4096)
+    @lru_cache(maxsize=4096)  # noqa: B019  # automatons are few and cached themselves (compile_filter's lru_cache)
     def accepts(self, state: frozenset[tuple[int, int]]) -> bool:
         return any(pos == len(self._globs[i]) for i, pos in state)
 

@@ -12,7 +12,8 @@ of the model, and cuts micro-batches by the exact lengths, as text-embeddings-in
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable

@@ -1,8 +1,9 @@
 """Embedding models (sentence-transformers folders or plain encoders): score = cosine(query, document)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,8 @@ the positive class (label 1) is the score.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForSequenceClassification

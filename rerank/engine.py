@@ -1,27 +1,42 @@
-"""The scoring engine: one queue and one worker task per model, shared by every search (the shape of
-text-embeddings-inference's queue).
+"""The scoring engine: one queue per model, shared by every search, in the shape of text-embeddings-inference's:
+callers send work to the task that owns the queue and await a future; nothing else touches the queue's state.
 
-Callers send a job (query, documents, absolute deadline) and await it. Two tasks serve a model's queue:
+Per model (`_ModelWorker`):
 
-- The counter admits sent jobs: on a tokenizer thread of its own it tokenizes their pairs once, as the model will
-  read them (`PairEncoder.encode_pairs`, the local backends), so micro-batches are cut by exact lengths and the
-  model thread only pads and runs; a backend that does not tokenize (remote) gets its texts counted with
-  `count_tokens` (cached by text hash) instead. The jobs sent meanwhile go in one call of up to `COUNT_CHUNK`
-  texts, so the searches that arrive while the model scores are tokenized meanwhile, not between its calls
-  (TEI's router tokenizes before its queue for the same reason).
-- The worker owns the admitted jobs and the model, which runs off the event loop in the worker's own thread. It
-  repeats one round:
+- The door (`_ModelWorker.score`, on the caller's task) answers what it can at once: ModelLoading, CircuitOpen
+  (rerank/circuit.py), the score cache (an LRU per loaded model, keyed by (instruction, query, document hash), so
+  paging through one query's window never reaches the model twice; a search served wholly from it never reaches the
+  queue nor the breaker), and admission: the searches in flight (sent, not answered) are bounded, and a full queue
+  refuses the newcomer at once (`Overloaded`, `scheduling.admit`) so the proxy falls back to the cluster's order
+  instead of piling up (the bound is a count the door keeps, as TEI's is a semaphore its requests hold). Then it
+  sends `Append(job)`, waits for the job's future until the deadline at most, and, if it stops waiting before the
+  future is done (deadline, or its caller cancelled), cancels the future and sends `Cancel(job, reason)`.
+- The queue (`ModelQueue`) is one task fed by one mailbox. Callers send `Append`, `Cancel`; the loader sends
+  `Reconfigure` (the loaded model, its batch sizes, its pace); closing sends `Shutdown`; `Snapshot` asks for a
+  summary. Its own work comes back as messages too: a tokenizer call done (`_Tokenized`), a model call done
+  (`_Scored`), the gathering window over (`_WindowOver`). It handles every message that has arrived, then acts:
+  starts the next tokenizer call, and, when the model is idle, the next micro-batch. All its decisions are pure
+  functions of rerank/scheduling.py, given "now".
 
-1. Gather: wait for the first admitted job, then for more, for at most `max_wait_ms` or until the queued pairs fill
-   one micro-batch (`max_batch_tokens`); jobs admitted while the model was busy have waited already and go at once.
-2. Take jobs earliest deadline first (with equal timeouts that is arrival order) up to `ROUND_BATCHES`
-   micro-batches' worth of tokens, at least one job; the rest wait for the next round.
-3. Flatten to (query, document) pairs, one per distinct pair, each with its rank: its document's position in its
+A search's way through the queue:
+
+1. Tokenize: on a tokenizer thread of the model's own, each arrived search's pairs are tokenized once, as the model
+   will read them (`PairEncoder.encode_pairs`, the local backends), so micro-batches are cut by exact lengths and
+   the model thread only pads and runs; a backend that does not tokenize (remote) gets its texts counted with
+   `count_tokens` (cached by text hash) instead. The searches arrived meanwhile go in one call of up to
+   `COUNT_CHUNK` texts (whole searches), so the searches that arrive while the model scores are tokenized
+   meanwhile, not between its calls (TEI's router tokenizes before its queue for the same reason).
+2. Gather: with the model idle, the first tokenized search opens a window: a round starts once `max_wait_ms` has
+   passed or the queued pairs fill one micro-batch (`max_batch_tokens`); searches tokenized while the model was
+   busy have waited already and go at once when its round ends.
+3. Take searches earliest deadline first (with equal timeouts that is arrival order) up to `ROUND_BATCHES`
+   micro-batches' worth of tokens, at least one search; the rest wait for the next round.
+4. Flatten to (query, document) pairs, one per distinct pair, each with its rank: its document's position in its
    search (the cluster's order; a pair several searches want takes its best). Cut micro-batches so the padded size
    (longest pair x pairs) stays within `max_batch_tokens` and the count within `batch_size`, each one going to the
    model shortest first, off one of two orders, chosen before each micro-batch:
    - shortest first (across the round's searches), the fastest: little of a call is padding. Taken while the
-     round has time to spare: TIME_TO_SPARE times what its remaining pairs should take at the model's pace
+     round has time to spare: `scheduling.TIME_TO_SPARE` times what its remaining pairs should take at the model's pace
      (`batching.Pace`: seconds per padded token, as its calls took them; the warm-up call's time seeds it slow, so
      a new model starts rank first) is left before the earliest deadline among its searches;
    - rank first otherwise (rank 0 of every search of the round, earliest deadline first, then rank 1, ...), so
@@ -31,15 +46,13 @@ Callers send a job (query, documents, absolute deadline) and await it. Two tasks
      pace fits before it, so the last ones still land. Its price is the padding of mixed lengths: about nothing
      where documents fill the model's `max_length` (SciFact, Medline), 1.8-2x the CPU time for short ones (Vaswani,
      XQuAD-R: 1.5-1.7x the padded tokens).
-4. Run the micro-batches one by one; after each, resolve the jobs whose pairs are all scored. Before each, pairs
-   whose searches have all passed their deadline (or whose callers left) are skipped, never scored.
+5. Run the micro-batches one by one on the model's thread (off the event loop); after each, resolve the searches
+   whose pairs are all scored. Before each, pairs whose searches have all passed their deadline (or whose callers
+   left) are dropped, never scored; a cancelled search leaves the queue at once, wherever it waits.
 
 A caller waits until its deadline at most: with some pairs scored by then it gets those scores and None for the
 rest (the proxy answers `partial`; when time ran short the scored ones are the top of its window, from the
-cluster's first hit down, besides any score-cache hits), with none it gets TimeoutError. Scores are kept in an LRU
-per loaded model, keyed by (instruction, query, document hash), so paging through one query's window never reaches
-the model twice.
-A full queue refuses at once (`Overloaded`) so the proxy falls back to the cluster's order instead of piling up.
+cluster's first hit down, besides any score-cache hits), with none it gets TimeoutError.
 
 Per-model knobs live in the model's spec (`max_wait_ms`, `max_batch_tokens`, `score_cache_entries`, `max_queue`);
 with `max_batch_tokens` unset, a local backend's device decides it (`ModelSpec.batch_tokens`).
@@ -53,6 +66,9 @@ Each model has a circuit breaker (rerank/circuit.py, `ModelSpec.circuit`): a run
 raised, or the deadline passed with the search not wholly scored) opens it, and searches then get `CircuitOpen` at
 once, until a single trial search after `open_s` succeeds. A search refused as `Overloaded` says nothing about the
 model and does not count; a search served wholly from the score cache never reaches the model nor the breaker.
+
+A worker's two tasks, its load attempts and its queue (started with them, idle until `Reconfigure` brings the loaded
+model), are kept and awaited when it closes: waiting searches then get `ModelUnavailable`.
 """
 from __future__ import annotations
 
@@ -64,16 +80,29 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
 
 from . import metrics
 from .backend import Encoding, PairEncoder, Scorer, text_key
-from .batching import Pace, fits, padded_tokens, token_batches
+from .batching import Pace
 from .circuit import CircuitBreaker, Ticket
 from .lru import LRU
 from .registry import load_scorer
+from .scheduling import (
+    Pair,
+    Round,
+    Search,
+    admit,
+    gathered,
+    merge_pairs,
+    next_batch,
+    split_unwanted,
+    take_round,
+    take_within,
+)
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -81,8 +110,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_QUEUE = 256  # searches queued or being scored, per model
 ROUND_BATCHES = 4  # a round takes about this many micro-batches of work: enough to sort lengths, short enough
 # that a search arriving meanwhile soon gets its turn (deadline order is decided per round)
-TIME_TO_SPARE = 1.5  # a round goes shortest first while this many times its expected time is left before the
-# earliest deadline among its searches; rank first otherwise
 WARM_UP_TOKENS = 4  # what the warm-up pair is taken to cost: its time, all fixed overhead, makes the first
 # estimate of the model's pace slow, so the first searches go rank first until real calls are timed
 PAIR_SPECIAL_TOKENS = 3  # [CLS] query [SEP] document [SEP]: the estimate only needs to be close
@@ -149,6 +176,11 @@ def _close_quietly(scorer: object) -> None:
             log.warning("closing a discarded backend failed: %s", _describe(err))
 
 
+def _close_when_loaded(loading: Future[Scorer]) -> None:
+    if not loading.cancelled() and loading.exception() is None:
+        _close_quietly(loading.result())
+
+
 class Overloaded(RuntimeError):
     """The model's queue is full; the caller falls back at once instead of piling up."""
 
@@ -195,81 +227,542 @@ def score_pairs(scorer: Scorer, queries: Sequence[str], docs: Sequence[str]) -> 
     return [float(value) for value in scores]
 
 
-@dataclass(eq=False)
-class _Job:
-    """One search: its pairs that missed the score cache, and where their scores go."""
+@dataclass(eq=False, kw_only=True)
+class Job(Search):
+    """One search sent to a model's queue: its pairs that missed the score cache, and where their scores go. The
+    door makes it; from `Append` on, only the queue's task writes to it (until the door cancels its future)."""
 
     query: str
-    scores: list[float | None]  # filled in place: cache hits at once, model scores as micro-batches finish
     todo: list[tuple[int, str, bytes]]  # (position, document, document hash) of the pairs the model must score
-    deadline: float  # event-loop clock
-    future: asyncio.Future[None]  # done when every todo pair is scored or the model failed; cancelled = given up
-    seq: int
-    enqueued: float  # event-loop clock
-    tokens: list[int] = field(default_factory=list)  # per todo pair, known once admitted
-    encodings: Sequence[Encoding | None] = ()  # per todo pair, once admitted, when the backend is a PairEncoder
-    left: int = 0  # todo pairs not scored yet
+    scores: list[float | None]  # filled in place: cache hits by the door, model scores as micro-batches finish
+    future: asyncio.Future[list[float | None]]  # its scores, once all are in, or the error; cancelled = given up
+    enqueued: float  # the event loop's clock, as the deadline
+    encodings: Sequence[Encoding | None] = ()  # per todo pair, once tokenized, when the backend is a PairEncoder
+    left: int = 0  # todo pairs not scored yet, once tokenized
 
-    def dead(self, now: float) -> str | None:
-        """Why nobody needs this job's remaining pairs any more, or None while they are still wanted."""
-        if self.future.cancelled():  # by the caller: at its deadline, or earlier when it was cancelled itself
-            return "deadline" if now >= self.deadline else "abandoned"
-        if self.future.done():
-            return "error" if self.future.exception() is not None else "done"
-        return "deadline" if now >= self.deadline else None
+
+# ---- the queue's messages -------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Append:
+    """A caller's search, to tokenize and score."""
+
+    job: Job
+
+
+@dataclass(frozen=True, eq=False)
+class Cancel:
+    """The caller stopped waiting (`reason`: deadline, or abandoned when it was cancelled itself): the search's pairs
+    not yet in a model call are dropped, never scored."""
+
+    job: Job
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class Reconfigure:
+    """What the queue scores with, from now on; a field left None is kept. `scorer` is the loaded backend (the queue
+    tokenizes and scores nothing before it has one), `settings` how it cuts calls, `pace` the model's measured speed
+    (the warm-up's time seeds it)."""
+
+    scorer: Scorer | None = None
+    settings: BatchSettings | None = None
+    pace: Pace | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Shutdown:
+    """Stop: every search the queue holds gets `error`; model and tokenizer calls under way are left to finish."""
+
+    error: Exception
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """Ask for a `QueueState`, as it stands once the messages sent before are handled and acted on."""
+
+    reply: asyncio.Future[QueueState]
+
+
+@dataclass(frozen=True, eq=False)
+class _Tokenized:
+    call: _Tokenizing
+
+
+@dataclass(frozen=True, eq=False)
+class _Scored:
+    batch: list[Pair[Job]]
+    result: asyncio.Future[list[float]]
+    seconds: float  # from handing the call to the model thread to its result on the event loop
+
+
+@dataclass(frozen=True, eq=False)
+class _WindowOver:
+    at: float
+
+
+Message = Append | Cancel | Reconfigure | Shutdown | Snapshot | _Tokenized | _Scored | _WindowOver
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """Searches per stage (a search of the current round counts until answered or gone), pairs in the model."""
+
+    arrived: int  # waiting for the tokenizer
+    tokenizing: int
+    pending: int  # tokenized, waiting for a round
+    in_round: int
+    running_pairs: int  # in the model call under way
+    window_open: bool
+    stopped: bool
 
 
 @dataclass(eq=False)
-class _Pair:
-    """One distinct (query, document) pair of a round; several jobs may want it."""
+class _Tokenizing:
+    """One tokenizer call: its searches, the token counts known before it (count path), the texts it counts."""
 
-    query: str
-    doc: str
-    key: tuple[str | None, str, bytes]  # score cache key
-    tokens: int
-    encoding: Encoding | None  # what the model reads, for a PairEncoder backend
-    targets: list[tuple[_Job, int]]
-    order: tuple[int, float, int]  # (rank, deadline, seq) of its most urgent target: the rank-first order
-    taken: bool = False  # batched or dropped: the round's other order skips it
+    jobs: list[Job]
+    counts: dict[bytes, int]
+    missing: list[bytes]
+    result: asyncio.Future[Sequence[Any]] | None  # None: every count was known, nothing to call
 
 
-def _rank_first(pair: _Pair) -> tuple[int, float, int]:
-    """A pair's place in a round's rank-first order: its document's rank in its search (the cluster's order), then
-    the search's deadline and arrival."""
-    return pair.order
+def _score_batch(scorer: Scorer, encoder: PairEncoder | None, batch: list[Pair[Job]]) -> list[float]:
+    """On the model thread: the encodings when the backend made them, else the texts."""
+    if encoder is not None:
+        scores = encoder.score_encoded([pair.encoding for pair in batch])
+        if len(scores) != len(batch):
+            raise RuntimeError(f"backend returned {len(scores)} scores for {len(batch)} pairs")
+        return [float(value) for value in scores]
+    return score_pairs(scorer, [pair.query for pair in batch], [pair.doc for pair in batch])
 
 
-def _shortest_first(pair: _Pair) -> int:
-    return pair.tokens
+class ModelQueue:
+    """A model's queue: the one task that owns it, fed by messages (`post`, or the helpers below). Its state
+    (searches arrived, tokenizing, pending, the round, the call under way, the gathering window) is read and written
+    by that task alone; searches get their scores through their job's future (and `Job.scores`)."""
 
+    def __init__(
+        self, name: str, *, instruction: str | None, scores: LRU[tuple[str | None, str, bytes], float],
+        model_thread: ThreadPoolExecutor, tokens_thread: ThreadPoolExecutor, settings: BatchSettings,
+        pace: Pace | None = None,
+    ):
+        self.name = name
+        self._instruction = instruction
+        self._scores = scores  # the model's score cache, shared with the door (which only reads it)
+        self._model_thread = model_thread
+        self._tokens_thread = tokens_thread
+        self._mailbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        # Owned by the task:
+        self._scorer: Scorer | None = None
+        self._encoder: PairEncoder | None = None  # the scorer, when it tokenizes ahead (the local backends)
+        self._settings = settings
+        self._pace = pace or Pace()
+        self._token_counts: LRU[bytes, int] = LRU(TOKEN_COUNT_ENTRIES)
+        self._arrived: deque[Job] = deque()
+        self._tokenizing: _Tokenizing | None = None
+        self._pending: list[Job] = []
+        self._round: Round[Job] | None = None
+        self._running: tuple[list[Pair[Job]], asyncio.Future[list[float]]] | None = None
+        self._window_ends: float | None = None  # the gathering window, while one is open
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = False
 
-@dataclass(eq=False)
-class _Round:
-    """The pairs of one round in both orders it may take them in; a pair taken off one is passed over in the other."""
+    # ---- for the senders ----------------------------------------------------------------------------------------
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task that owns the queue, once started."""
+        return self._task
 
-    jobs: list[_Job]
-    by_length: deque[_Pair]
-    by_rank: deque[_Pair]
-    left: int  # real tokens of the pairs not taken yet
-    padding: float  # padded tokens per real token when the round goes shortest first
+    def start(self) -> None:
+        if self._task is None and not self._stopped:
+            self._task = asyncio.create_task(self._run(), name=f"queue-{self.name}")
 
-    @classmethod
-    def of(cls, jobs: list[_Job], pairs: Sequence[_Pair], batch_size: int, max_batch_tokens: int) -> _Round:
-        by_length = sorted(pairs, key=_shortest_first)
-        lengths = [pair.tokens for pair in by_length]
-        real = sum(lengths)
-        padded = padded_tokens(lengths, token_batches(lengths, batch_size, max_batch_tokens))
-        return cls(jobs, deque(by_length), deque(sorted(pairs, key=_rank_first)), real, padded / real if real else 1.0)
+    def post(self, message: Message) -> None:
+        self._mailbox.put_nowait(message)
+
+    def _post_when_done(self, future: asyncio.Future[Any], message: Message) -> None:
+        future.add_done_callback(lambda _: self.post(message))
+
+    def append(self, job: Job) -> None:
+        self.post(Append(job))
+
+    def cancel(self, job: Job, reason: str) -> None:
+        self.post(Cancel(job, reason))
+
+    def reconfigure(self, *, scorer: Scorer | None = None, settings: BatchSettings | None = None,
+                    pace: Pace | None = None) -> None:
+        self.post(Reconfigure(scorer, settings, pace))
+
+    async def snapshot(self) -> QueueState:
+        """The queue's state once what was sent before is handled and acted on (of a started queue)."""
+        reply: asyncio.Future[QueueState] = asyncio.get_running_loop().create_future()
+        self.post(Snapshot(reply))
+        return await reply
+
+    async def shutdown(self, error: Exception) -> None:
+        """Send `Shutdown` and wait for the task to end (at once when it never started)."""
+        if self._task is None:
+            self._stop(error)
+            return
+        self.post(Shutdown(error))
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    # ---- the task -------------------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while not self._stopped:
+                message = await self._mailbox.get()
+                snapshots: list[asyncio.Future[QueueState]] = []
+                while True:  # every message that has arrived, then act once on them all
+                    if isinstance(message, Snapshot):
+                        snapshots.append(message.reply)
+                    else:
+                        self._guarded(self._handle, message)
+                    if self._stopped or self._mailbox.empty():
+                        break
+                    message = self._mailbox.get_nowait()
+                if not self._stopped:
+                    self._guarded(self._act)
+                for reply in snapshots:
+                    if not reply.done():
+                        reply.set_result(self._state())
+        finally:
+            self._stop(ModelUnavailable(f"model {self.name} was unloaded"))
+
+    def _guarded(self, step: Callable[..., None], *args: object) -> None:
+        """A bug here must not leave callers waiting for their deadline, round after round: the searches the queue
+        holds (not those in a call under way, which report back) fail with it, and the queue goes on."""
+        try:
+            step(*args)
+        except Exception as err:
+            log.exception("model %s: scoring round failed", self.name)
+            held = [*self._arrived, *self._pending, *(self._round.searches if self._round else ())]
+            self._arrived.clear()
+            self._pending.clear()
+            self._round = None
+            self._close_window()
+            for job in held:
+                self._fail(job, err)
+
+    def _handle(self, message: Message) -> None:
+        match message:
+            case Append(job):
+                self._arrived.append(job)
+            case Cancel(job, reason):
+                self._cancelled(job, reason)
+            case Reconfigure(scorer, settings, pace):
+                if scorer is not None:
+                    self._scorer = scorer
+                    self._encoder = scorer if isinstance(scorer, PairEncoder) else None
+                if settings is not None:
+                    self._settings = settings
+                if pace is not None:
+                    self._pace = pace
+            case Shutdown(error):
+                self._stop(error)
+            case _Tokenized(call):
+                self._tokenized(call)
+            case _Scored():
+                self._scored(message)
+            case _WindowOver(at):
+                if self._window_ends == at:  # the window's time is up: it ends now (the timer may run a hair early)
+                    self._window_ends = min(at, asyncio.get_running_loop().time())
+                    self._timer = None
+
+    def _act(self) -> None:
+        """Start what can start: the next tokenizer call; with the model idle, its next micro-batch, taking a round
+        when the last one is over (at once if searches waited meanwhile, else once `gathered`)."""
+        if self._scorer is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._tokenize_next(loop)
+        if self._running is not None:
+            return
+        now = loop.time()
+        while True:
+            if self._round is None:
+                if not self._pending:
+                    self._close_window()  # the next search to come opens a window of its own
+                    return
+                if not self._gathered(loop, now):
+                    return
+                self._take_round(now)
+                continue
+            settings = self._settings
+            batch, dropped = next_batch(self._round, self._pace.seconds_per_token, now, settings.batch_size,
+                                        settings.max_batch_tokens)
+            for _, reason in dropped:
+                metrics.DROPPED.labels(self.name, reason).inc()
+            if batch:
+                self._start_batch(loop, batch)
+                return
+            self._round = None
+            if self._pending:  # they waited while the model was busy: no window
+                self._take_round(now)
+
+    # ---- Cancel -----------------------------------------------------------------------------------------------
+    def _cancelled(self, job: Job, reason: str) -> None:
+        if job.over is not None:  # answered or failed meanwhile
+            return
+        job.over = reason
+        if not job.future.done():
+            job.future.cancel()
+        if job in self._arrived:
+            self._arrived.remove(job)
+            metrics.DROPPED.labels(self.name, reason).inc(len(job.todo))
+        elif job in self._pending:
+            self._pending.remove(job)
+            metrics.DROPPED.labels(self.name, reason).inc(job.left)
+        # Being tokenized: dropped once it is. In the round: its pairs are dropped at the next cut, unless another
+        # search wants them. In the model call under way: scored all the same, and cached.
+
+    # ---- tokenizing -------------------------------------------------------------------------------------------
+    def _tokenize_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Unless a tokenizer call is under way, start one for the searches arrived: whole searches, up to
+        COUNT_CHUNK texts, at least one."""
+        while self._tokenizing is None and self._arrived:
+            taken = take_within((len(job.todo) + 1 for job in self._arrived), COUNT_CHUNK)
+            chunk = [self._arrived.popleft() for _ in range(taken)]
+            jobs, gone = split_unwanted(chunk, loop.time())
+            for job, reason in gone:
+                metrics.DROPPED.labels(self.name, reason).inc(len(job.todo))
+            if not jobs:
+                continue
+            try:
+                call = self._tokenizer_call(loop, jobs)
+            except Exception as err:  # noqa: BLE001  # the backend could not start it: these searches fall back
+                self._tokenizer_failed(jobs, err)
+                continue
+            if call.result is None:
+                self._tokenized(call)
+            else:
+                self._tokenizing = call
+                self._post_when_done(call.result, _Tokenized(call))
+
+    def _tokenizer_call(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> _Tokenizing:
+        assert self._scorer is not None
+        encoder = self._encoder
+        if encoder is not None:
+            queries = [job.query for job in jobs for _ in job.todo]
+            docs = [doc for job in jobs for _, doc, _ in job.todo]
+            return _Tokenizing(jobs, {}, [], loop.run_in_executor(self._tokens_thread, encoder.encode_pairs, queries,
+                                                                  docs))
+        # Pair sizes estimated from each text's token count, for a backend that does not tokenize ahead.
+        counts: dict[bytes, int] = {}
+        missing: dict[bytes, str] = {}
+        for job in jobs:
+            for key, text in ((text_key(job.query), job.query), *((k, d) for _, d, k in job.todo)):
+                known = self._token_counts.get(key)
+                if known is not None:
+                    counts[key] = known
+                else:
+                    missing[key] = text
+        if not missing:
+            return _Tokenizing(jobs, counts, [], None)
+        counter = self._scorer.count_tokens
+        return _Tokenizing(jobs, counts, list(missing),
+                           loop.run_in_executor(self._tokens_thread, counter, list(missing.values())))
+
+    def _tokenized(self, call: _Tokenizing) -> None:
+        if self._tokenizing is call:
+            self._tokenizing = None
+        if call.result is not None:
+            if call.result.cancelled():  # stopped meanwhile
+                return
+            if (err := call.result.exception()) is not None:
+                self._tokenizer_failed(call.jobs, err)
+                return
+        try:
+            self._sized(call)
+        except Exception as err:  # noqa: BLE001  # e.g. the backend answered for fewer texts than it was given
+            self._tokenizer_failed(call.jobs, err)
+            return
+        for job in call.jobs:
+            if job.over is not None:  # its caller left while it was tokenized
+                metrics.DROPPED.labels(self.name, job.over).inc(len(job.todo))
+                continue
+            job.left = len(job.todo)
+            self._pending.append(job)
+
+    def _sized(self, call: _Tokenizing) -> None:
+        """Each job's tokens (and encodings) from the call's result."""
+        found: list[Any] = list(call.result.result()) if call.result is not None else []
+        if self._encoder is not None:
+            pairs = sum(len(job.todo) for job in call.jobs)
+            if len(found) != pairs:
+                raise RuntimeError(f"backend encoded {len(found)} pairs of {pairs}")
+            start = 0
+            for job in call.jobs:
+                encodings = found[start : start + len(job.todo)]
+                job.encodings, job.tokens = encodings, [encoding.tokens for encoding in encodings]
+                start += len(job.todo)
+            return
+        if len(found) != len(call.missing):
+            raise RuntimeError(f"backend counted {len(found)} texts of {len(call.missing)}")
+        counts = call.counts
+        for key, n in zip(call.missing, found):
+            counts[key] = n
+            self._token_counts.put(key, n)
+        cap = getattr(self._scorer, "max_length", None)
+        for job in call.jobs:
+            query_tokens = counts[text_key(job.query)] + PAIR_SPECIAL_TOKENS
+            job.tokens = [query_tokens + counts[k] for _, _, k in job.todo]
+            if isinstance(cap, int):
+                job.tokens = [min(n, cap) for n in job.tokens]
+            job.encodings = [None] * len(job.todo)
+
+    def _tokenizer_failed(self, jobs: list[Job], err: BaseException) -> None:
+        """The backend could not tokenize: these searches fall back, later ones still try."""
+        metrics.MODEL_ERRORS.labels(self.name).inc()
+        log.warning("model %s: counting tokens failed: %s", self.name, _describe(err))
+        for job in jobs:
+            self._fail(job, err)
+
+    # ---- rounds and micro-batches -----------------------------------------------------------------------------
+    def _gathered(self, loop: asyncio.AbstractEventLoop, now: float) -> bool:
+        """Whether the pending searches make a round now; the first of them, with the model idle, opens the window."""
+        if self._window_ends is None:
+            self._window_ends = now + self._settings.max_wait_s
+        queued = sum(sum(job.tokens) for job in self._pending if job.over is None)
+        if gathered(queued, self._settings.max_batch_tokens, now, self._window_ends):
+            return True
+        if self._timer is None:
+            at = self._window_ends
+            self._timer = loop.call_at(at, self.post, _WindowOver(at))
+        return False
+
+    def _close_window(self) -> None:
+        self._window_ends = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _take_round(self, now: float) -> None:
+        """The next round: earliest deadline first, about ROUND_BATCHES micro-batches of tokens; its pairs merged."""
+        self._close_window()
+        live, gone = split_unwanted(self._pending, now)
+        for job, reason in gone:
+            metrics.DROPPED.labels(self.name, reason).inc(job.left)
+        settings = self._settings
+        jobs, self._pending = take_round(live, settings.max_batch_tokens * ROUND_BATCHES)
+        if not jobs:
+            return
+        wanted: list[tuple[Job, int, str, str, Hashable, int, Encoding | None]] = []
+        for job in jobs:
+            metrics.QUEUE_WAIT.labels(self.name).observe(now - job.enqueued)
+            for (i, doc, doc_key), tokens, encoding in zip(job.todo, job.tokens, job.encodings):
+                key = (self._instruction, job.query, doc_key)
+                cached = self._scores.get(key)  # scored since the job was sent (the same page, asked twice)
+                if cached is not None:
+                    self._deliver(job, i, cached)
+                else:
+                    wanted.append((job, i, job.query, doc, key, tokens, encoding))  # a scheduling.Wanted
+        self._round = Round.of(jobs, merge_pairs(wanted), settings.batch_size, settings.max_batch_tokens)
+
+    def _start_batch(self, loop: asyncio.AbstractEventLoop, batch: list[Pair[Job]]) -> None:
+        assert self._scorer is not None
+        started = time.perf_counter()
+        result = loop.run_in_executor(self._model_thread, _score_batch, self._scorer, self._encoder, batch)
+        self._running = (batch, result)
+        result.add_done_callback(lambda done: self.post(_Scored(batch, done, time.perf_counter() - started)))
+
+    def _scored(self, message: _Scored) -> None:
+        batch, result = message.batch, message.result
+        if self._running is not None and self._running[1] is result:
+            self._running = None
+        if result.cancelled():  # stopped meanwhile
+            return
+        if (err := result.exception()) is not None:  # fails the searches in this batch only: they fall back
+            metrics.MODEL_ERRORS.labels(self.name).inc()
+            log.warning("model %s: a batch of %d pairs failed: %s", self.name, len(batch), _describe(err))
+            for pair in batch:
+                for job, _ in pair.targets:
+                    self._fail(job, err)
+            return
+        scores = result.result()
+        real = sum(pair.tokens for pair in batch)
+        padded = len(batch) * max(pair.tokens for pair in batch)
+        self._pace.observe(padded, message.seconds)
+        metrics.BATCH_SECONDS.labels(self.name).observe(message.seconds)
+        metrics.PAIRS.labels(self.name).inc(len(batch))
+        metrics.BATCH_PAIRS.labels(self.name).observe(len(batch))
+        metrics.BATCH_FILL.labels(self.name).observe(real / padded if padded else 1.0)
+        metrics.BATCH_TOKENS.labels(self.name, "real").inc(real)
+        metrics.BATCH_TOKENS.labels(self.name, "padding").inc(padded - real)
+        for pair, value in zip(batch, scores):
+            self._scores.put(pair.key, value)  # type: ignore[arg-type]  # also when its searches gave up meanwhile
+            for job, i in pair.targets:
+                self._deliver(job, i, value)
+
+    # ---- answers ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _deliver(job: Job, i: int, value: float) -> None:
+        if job.over is not None or job.future.done():
+            return
+        job.scores[i] = value
+        job.left -= 1
+        if job.left == 0:
+            job.over = "done"
+            job.future.set_result(job.scores)
+
+    @staticmethod
+    def _fail(job: Job, err: BaseException) -> None:
+        if job.over is None:
+            job.over = "error"
+        if not job.future.done():
+            job.future.set_exception(err)
+
+    def _stop(self, error: Exception) -> None:
+        """Every search held fails with `error`; calls under way are let go (their results are not awaited)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._close_window()
+        held: list[Job] = [*self._arrived, *self._pending]
+        if self._tokenizing is not None:
+            held += self._tokenizing.jobs
+            if self._tokenizing.result is not None:
+                self._tokenizing.result.cancel()
+        if self._round is not None:
+            held += self._round.searches
+        if self._running is not None:
+            held += [job for pair in self._running[0] for job, _ in pair.targets]
+            self._running[1].cancel()
+        while not self._mailbox.empty():  # sent after the Shutdown, or before a cancellation of the task
+            match self._mailbox.get_nowait():
+                case Append(job):
+                    held.append(job)
+                case Snapshot(reply) if not reply.done():
+                    reply.set_result(self._state())
+        self._arrived.clear()
+        self._pending.clear()
+        self._tokenizing = self._round = self._running = None
+        for job in held:
+            self._fail(job, error)
+
+    def _state(self) -> QueueState:
+        return QueueState(
+            arrived=len(self._arrived),
+            tokenizing=len(self._tokenizing.jobs) if self._tokenizing else 0,
+            pending=len(self._pending),
+            in_round=sum(1 for job in self._round.searches if job.over is None) if self._round else 0,
+            running_pairs=len(self._running[0]) if self._running else 0,
+            window_open=self._window_ends is not None,
+            stopped=self._stopped,
+        )
 
 
 class _ModelWorker:
+    """One model: its loading (and retries), circuit breaker and score cache, the door searches come in by, and
+    its queue."""
+
     def __init__(self, name: str, spec: ModelSpec, max_queue: int, clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.spec = spec
         self.settings = BatchSettings.of(spec, max_queue)
         self.instruction: str | None = getattr(spec, "instruction", None)
         self.scorer: Scorer | None = None
-        self.encoder: PairEncoder | None = None  # the scorer, when it tokenizes ahead (the local backends)
         self.error: str | None = None  # the last failed load attempt's, redacted; None once loaded
         self.failed_loads = 0
         self.breaker = CircuitBreaker(
@@ -280,18 +773,27 @@ class _ModelWorker:
         self._attempted = asyncio.Event()  # the first load attempt is over (or the worker closed)
         self._load_task: asyncio.Task[None] | None = None
         self._closed = False
-        self._inbox: list[_Job] = []  # sent by callers, tokens not counted yet
-        self._pending: list[_Job] = []  # counted, waiting for a round
-        self._jobs: set[_Job] = set()  # every job whose caller still waits: what max_queue bounds
-        self._sent = asyncio.Event()  # the inbox got a job: the counter's wake-up
-        self._admitted = asyncio.Event()  # the pending pool got jobs: the worker's wake-up
+        self._in_flight = 0  # searches sent to the queue and not answered yet: what max_queue bounds
         self._seq = itertools.count()
         self._scores: LRU[tuple[str | None, str, bytes], float] = LRU(self.settings.score_cache_entries)
-        self.pace = Pace()  # the model's seconds per padded token: whether a round has time to go shortest first
-        self._token_counts: LRU[bytes, int] = LRU(TOKEN_COUNT_ENTRIES)
+        self._pace = Pace()  # the model's seconds per padded token: whether a round has time to go shortest first
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
         self._tokens_thread = ThreadPoolExecutor(1, thread_name_prefix=f"tokens-{name}")
-        self._tasks: list[asyncio.Task[None]] = []
+        self._queue = ModelQueue(
+            name, instruction=self.instruction, scores=self._scores, model_thread=self._thread,
+            tokens_thread=self._tokens_thread, settings=self.settings, pace=self._pace,
+        )
+
+    @property
+    def pace(self) -> Pace:
+        """The model's pace, as its queue measures it (seeded by the warm-up)."""
+        return self._pace
+
+    @pace.setter
+    def pace(self, pace: Pace) -> None:
+        """Give the queue another measure of the model's speed (a test fixing how fast the model is)."""
+        self._pace = pace
+        self._queue.reconfigure(pace=pace)
 
     @property
     def loaded(self) -> bool:
@@ -320,8 +822,9 @@ class _ModelWorker:
 
     # ---- loading ----------------------------------------------------------------------------------------------
     def launch(self, loader: Callable[[str, ModelSpec], Scorer]) -> None:
-        """Start loading in the background: attempts until one succeeds, or the worker closes."""
+        """Start loading in the background (attempts until one succeeds, or the worker closes), and the queue."""
         if self._load_task is None and not self._closed:
+            self._queue.start()
             self._load_task = asyncio.create_task(self._load_until_loaded(loader), name=f"load-{self.name}")
 
     async def first_attempt(self) -> None:
@@ -353,15 +856,13 @@ class _ModelWorker:
         try:
             scorer = await asyncio.wrap_future(loading)
         except asyncio.CancelledError:  # closed meanwhile: whatever still loads is released once it has
-            loading.add_done_callback(
-                lambda done: done.cancelled() or done.exception() is not None or _close_quietly(done.result())
-            )
+            loading.add_done_callback(_close_when_loaded)
             raise
         except Exception as err:  # noqa: BLE001  # any loader error is a failed attempt, retried
             return _describe(err)
         try:
             seconds = await asyncio.wrap_future(self._thread.submit(_timed_warm_up, scorer))
-            self.pace.observe(WARM_UP_TOKENS, seconds)
+            self._pace.observe(WARM_UP_TOKENS, seconds)
         except BaseException as err:
             self._discard(scorer)
             if not isinstance(err, Exception):
@@ -373,13 +874,11 @@ class _ModelWorker:
                     if isinstance(size := getattr(scorer, key, None), int)}
         self.settings = replace(self.settings, **reported)
         self.scorer = scorer
-        self.encoder = scorer if isinstance(scorer, PairEncoder) else None
+        self._queue.reconfigure(scorer=scorer, settings=self.settings, pace=self._pace)
         self.error = None
         breaker = self.breaker
         metrics.MODEL_UP.labels(self.name).set(1)
         metrics.CIRCUIT_STATE.labels(self.name).set_function(lambda: breaker.code)
-        self._tasks = [asyncio.create_task(self._run(), name=f"engine-{self.name}"),
-                       asyncio.create_task(self._count_loop(), name=f"engine-{self.name}-counter")]
         if self.failed_loads:
             log.info("model %s loaded after %d failed attempts", self.name, self.failed_loads)
         else:
@@ -410,7 +909,7 @@ class _ModelWorker:
         if before != "closed" and self.breaker.state == "closed":
             log.info("model %s: circuit closed, the trial search succeeded", self.name)
 
-    # ---- the caller's side ----------------------------------------------------------------------------------
+    # ---- the door -----------------------------------------------------------------------------------------------
     async def score(self, query: str, docs: Sequence[str], timeout_s: float) -> list[float | None]:
         if self._closed:
             raise ModelUnavailable(f"model {self.name} was unloaded")
@@ -436,7 +935,7 @@ class _ModelWorker:
             raise self._circuit_refusal()
         ok: bool | None = None  # what the search says about the model: None = nothing (refused, left, unloaded)
         try:
-            result = await self._queue(query, scores, todo, timeout_s)
+            result = await self._send(query, scores, todo, timeout_s)
             ok = all(score is not None for score in result)  # partial: the deadline passed first
             return result
         except (Overloaded, ModelUnavailable):
@@ -447,316 +946,54 @@ class _ModelWorker:
         finally:
             self._record(ticket, ok)
 
-    async def _queue(
+    async def _send(
         self, query: str, scores: list[float | None], todo: list[tuple[int, str, bytes]], timeout_s: float
     ) -> list[float | None]:
-        if len(self._jobs) >= self.settings.max_queue:
-            metrics.REJECTED.labels(self.name, "queue-full").inc()
+        """Admit the search (or refuse it), send it to the queue and wait for it until its deadline at most."""
+        refused = admit(self._in_flight, self.settings.max_queue)
+        if refused is not None:
+            metrics.REJECTED.labels(self.name, refused).inc()
             raise Overloaded(f"model {self.name} queue is full ({self.settings.max_queue} searches)")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        job = _Job(query, scores, todo, now + timeout_s, loop.create_future(), next(self._seq), now)
-        self._jobs.add(job)
-        job.future.add_done_callback(lambda _: self._forget(job))
-        metrics.QUEUE_DEPTH.labels(self.name).set(len(self._jobs))
-        self._inbox.append(job)
-        self._sent.set()
+        job = Job(seq=next(self._seq), deadline=now + timeout_s, query=query, todo=todo, scores=scores,
+                  future=loop.create_future(), enqueued=now)
+        self._in_flight += 1
+        job.future.add_done_callback(self._answered)
+        metrics.QUEUE_DEPTH.labels(self.name).set(self._in_flight)
+        self._queue.append(job)
         try:
             await asyncio.wait([job.future], timeout=max(0.0, job.deadline - loop.time()))
         finally:
-            if not job.future.done():  # deadline passed or the caller was cancelled: the worker skips the rest
+            if not job.future.done():  # deadline passed or the caller was cancelled: the queue drops the rest
                 job.future.cancel()
+                self._queue.cancel(job, "deadline" if loop.time() >= job.deadline else "abandoned")
         if not job.future.cancelled():
             job.future.result()  # the model's error, if it failed
         if all(score is None for score in scores):
             raise TimeoutError(f"model {self.name}: no pair scored within {timeout_s:.3f}s")
         return list(scores)
 
-    def _forget(self, job: _Job) -> None:
-        self._jobs.discard(job)
-        metrics.QUEUE_DEPTH.labels(self.name).set(len(self._jobs))
-
-    # ---- the worker's side ----------------------------------------------------------------------------------
-    async def _run(self) -> None:
-        while True:
-            jobs: list[_Job] = []
-            try:
-                await self._gather()
-                jobs = self._take_round()
-                if jobs:
-                    await self._score_round(jobs)
-            except Exception as err:  # a bug here must not leave callers waiting for their deadline, round after round
-                log.exception("model %s: scoring round failed", self.name)
-                for job in [*jobs, *self._pending, *self._inbox]:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-                self._pending.clear()
-                self._inbox.clear()
-
-    async def _gather(self) -> None:
-        """Wait for the first admitted job, then for more until a micro-batch's worth of tokens waits or `max_wait`
-        passes. Jobs admitted while the model was busy (or left from the last round) are never held back."""
-        if self._pending:
-            return
-        loop = asyncio.get_running_loop()
-        while not self._pending:
-            self._admitted.clear()
-            await self._admitted.wait()
-        window_ends = loop.time() + self.settings.max_wait_s
-        while True:
-            queued = sum(sum(job.tokens) for job in self._pending if not job.future.done())
-            remaining = window_ends - loop.time()
-            if queued >= self.settings.max_batch_tokens or remaining <= 0:
-                return
-            self._admitted.clear()
-            try:
-                await asyncio.wait_for(self._admitted.wait(), remaining)
-            except TimeoutError:
-                return
-
-    # ---- the counter's side ---------------------------------------------------------------------------------
-    async def _count_loop(self) -> None:
-        while True:
-            while not self._inbox:
-                self._sent.clear()
-                await self._sent.wait()
-            taken = texts = 0
-            for job in self._inbox:
-                if taken and texts + len(job.todo) + 1 > COUNT_CHUNK:
-                    break
-                taken, texts = taken + 1, texts + len(job.todo) + 1
-            sent, self._inbox = self._inbox[:taken], self._inbox[taken:]
-            try:
-                await self._admit(sent)
-            except Exception as err:  # the backend could not count: these searches fall back, later ones still try
-                metrics.MODEL_ERRORS.labels(self.name).inc()
-                log.warning("model %s: counting tokens failed: %s", self.name, _describe(err))
-                for job in sent:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-
-    async def _admit(self, sent: list[_Job]) -> None:
-        """Tokenize these jobs' pairs (or count their new texts) in one backend call, and pass the jobs to the
-        worker."""
-        now = asyncio.get_running_loop().time()
-        jobs = []
-        for job in sent:
-            if (reason := job.dead(now)) is None:
-                jobs.append(job)
-            else:
-                metrics.DROPPED.labels(self.name, reason).inc(len(job.todo))
-        if not jobs:
-            return
-        if self.encoder is not None:
-            await self._encode(self.encoder, jobs)
-        else:
-            await self._count(jobs)
-        for job in jobs:
-            job.left = len(job.todo)
-            self._pending.append(job)
-        self._admitted.set()
-
-    async def _encode(self, encoder: PairEncoder, jobs: list[_Job]) -> None:
-        queries = [job.query for job in jobs for _ in job.todo]
-        docs = [doc for job in jobs for _, doc, _ in job.todo]
-        loop = asyncio.get_running_loop()
-        encodings = await loop.run_in_executor(self._tokens_thread, encoder.encode_pairs, queries, docs)
-        if len(encodings) != len(docs):
-            raise RuntimeError(f"backend encoded {len(encodings)} pairs of {len(docs)}")
-        start = 0
-        for job in jobs:
-            job.encodings = encodings[start : start + len(job.todo)]
-            job.tokens = [encoding.tokens for encoding in job.encodings]
-            start += len(job.todo)
-
-    async def _count(self, jobs: list[_Job]) -> None:
-        """Pair sizes estimated from each text's token count, for a backend that does not tokenize ahead."""
-        counts: dict[bytes, int] = {}
-        missing: dict[bytes, str] = {}
-        for job in jobs:
-            for key, text in ((text_key(job.query), job.query), *((k, d) for _, d, k in job.todo)):
-                known = self._token_counts.get(key)
-                if known is not None:
-                    counts[key] = known
-                else:
-                    missing[key] = text
-        if missing:
-            assert self.scorer is not None
-            loop = asyncio.get_running_loop()
-            found = await loop.run_in_executor(self._tokens_thread, self.scorer.count_tokens, list(missing.values()))
-            if len(found) != len(missing):
-                raise RuntimeError(f"backend counted {len(found)} texts of {len(missing)}")
-            for key, n in zip(missing, found):
-                counts[key] = n
-                self._token_counts.put(key, n)
-        cap = getattr(self.scorer, "max_length", None)
-        for job in jobs:
-            query_tokens = counts[text_key(job.query)] + PAIR_SPECIAL_TOKENS
-            job.tokens = [query_tokens + counts[k] for _, _, k in job.todo]
-            if isinstance(cap, int):
-                job.tokens = [min(n, cap) for n in job.tokens]
-            job.encodings = [None] * len(job.todo)
-
-    # ---- the worker's side, continued -------------------------------------------------------------------------
-    def _take_round(self) -> list[_Job]:
-        """The jobs of the next round: earliest deadline first, about ROUND_BATCHES micro-batches of tokens."""
-        now = asyncio.get_running_loop().time()
-        live: list[_Job] = []
-        for job in self._pending:
-            reason = job.dead(now)
-            if reason is None:
-                live.append(job)
-            else:
-                metrics.DROPPED.labels(self.name, reason).inc(job.left)
-        live.sort(key=lambda job: (job.deadline, job.seq))
-        budget = self.settings.max_batch_tokens * ROUND_BATCHES
-        taken = tokens = 0
-        for job in live:
-            size = sum(job.tokens)
-            if taken and tokens + size > budget:
-                break
-            taken, tokens = taken + 1, tokens + size
-        self._pending = live[taken:]
-        return live[:taken]
-
-    async def _score_round(self, jobs: list[_Job]) -> None:
-        now = asyncio.get_running_loop().time()
-        for job in jobs:
-            metrics.QUEUE_WAIT.labels(self.name).observe(now - job.enqueued)
-        pairs: dict[tuple[str | None, str, bytes], _Pair] = {}
-        for job in jobs:
-            for (i, doc, doc_key), tokens, encoding in zip(job.todo, job.tokens, job.encodings):
-                key = (self.instruction, job.query, doc_key)
-                cached = self._scores.get(key)  # scored since the job was sent (the same page, asked twice)
-                if cached is not None:
-                    self._deliver(job, i, cached)
-                    continue
-                order = (i, job.deadline, job.seq)  # i: the document's rank in its search
-                if (pair := pairs.get(key)) is None:
-                    pairs[key] = pair = _Pair(job.query, doc, key, tokens, encoding, [], order)
-                else:  # the same pair in another search: it goes as early as its most urgent one needs
-                    pair.order = min(pair.order, order)
-                pair.targets.append((job, i))
-        work = _Round.of(jobs, list(pairs.values()), self.settings.batch_size, self.settings.max_batch_tokens)
-        while batch := self._next_batch(work):
-            await self._run_batch(batch)
-
-    def _next_order(self, work: _Round) -> tuple[deque[_Pair], int]:
-        """Which of the round's orders its next micro-batch comes off, and that call's padded-token budget.
-
-        Shortest first, in calls of `max_batch_tokens`, while the round has time to spare: what it has left, at
-        the model's pace, takes under 1/TIME_TO_SPARE of the time before the earliest deadline among its searches
-        still waiting. Shortest first is the faster order, but a deadline may cut it anywhere. Otherwise rank first,
-        which leaves the top of each window scored, in a call no bigger than what the pace fits before that deadline
-        (one pair at least): the last calls before it shrink, so a search gets a few more of its top hits scored
-        rather than a call the deadline cuts off."""
-        budget = self.settings.max_batch_tokens
-        per_token = self.pace.seconds_per_token
-        if per_token is None:
-            return work.by_rank, budget
-        deadlines = [job.deadline for job in work.jobs if not job.future.done()]
-        if not deadlines:
-            return work.by_length, budget
-        left = min(deadlines) - asyncio.get_running_loop().time()
-        if TIME_TO_SPARE * per_token * work.left * work.padding <= left:
-            return work.by_length, budget
-        fit = int(left / per_token) if per_token > 0 else budget  # padded tokens the pace fits before the deadline
-        return work.by_rank, max(1, min(budget, fit))
-
-    def _next_batch(self, work: _Round) -> list[_Pair]:
-        """The round's next micro-batch (`_next_order`), shortest first inside. Pairs taken off the other order are
-        passed over, pairs nobody waits for any more dropped."""
-        queue, budget = self._next_order(work)
-        now = asyncio.get_running_loop().time()
-        batch: list[_Pair] = []
-        longest = 0
-        while queue:
-            pair = queue[0]
-            if pair.taken:
-                queue.popleft()
-                continue
-            reasons = [job.dead(now) for job, _ in pair.targets]
-            if all(reasons):
-                queue.popleft()
-                pair.taken = True
-                work.left -= pair.tokens
-                metrics.DROPPED.labels(self.name, reasons[0] or "deadline").inc()
-                continue
-            longest = max(longest, pair.tokens)  # the batch's longest if this pair joins
-            if not fits(len(batch), longest, self.settings.batch_size, budget):
-                break
-            batch.append(queue.popleft())
-            pair.taken = True
-            work.left -= pair.tokens
-        batch.sort(key=_shortest_first)  # stable: equal lengths keep their order
-        return batch
-
-    async def _run_batch(self, batch: list[_Pair]) -> None:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        try:
-            scores = await loop.run_in_executor(self._thread, self._score_batch, batch)
-        except Exception as err:  # fails the searches in this batch only; they fall back to the cluster's order
-            metrics.MODEL_ERRORS.labels(self.name).inc()
-            log.warning("model %s: a batch of %d pairs failed: %s", self.name, len(batch), _describe(err))
-            for pair in batch:
-                for job, _ in pair.targets:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-            return
-        seconds = time.perf_counter() - started
-        real = sum(pair.tokens for pair in batch)
-        padded = len(batch) * max(pair.tokens for pair in batch)
-        self.pace.observe(padded, seconds)
-        metrics.BATCH_SECONDS.labels(self.name).observe(seconds)
-        metrics.PAIRS.labels(self.name).inc(len(batch))
-        metrics.BATCH_PAIRS.labels(self.name).observe(len(batch))
-        metrics.BATCH_FILL.labels(self.name).observe(real / padded if padded else 1.0)
-        metrics.BATCH_TOKENS.labels(self.name, "real").inc(real)
-        metrics.BATCH_TOKENS.labels(self.name, "padding").inc(padded - real)
-        for pair, value in zip(batch, scores):
-            self._scores.put(pair.key, value)  # also when its searches gave up meanwhile: the next page needs it
-            for job, i in pair.targets:
-                self._deliver(job, i, value)
-
-    def _score_batch(self, batch: list[_Pair]) -> list[float]:
-        """On the model thread: the encodings when the backend made them, else the texts."""
-        assert self.scorer is not None
-        if self.encoder is not None:
-            scores = self.encoder.score_encoded([pair.encoding for pair in batch])
-            if len(scores) != len(batch):
-                raise RuntimeError(f"backend returned {len(scores)} scores for {len(batch)} pairs")
-            return [float(value) for value in scores]
-        return score_pairs(self.scorer, [pair.query for pair in batch], [pair.doc for pair in batch])
-
-    @staticmethod
-    def _deliver(job: _Job, i: int, value: float) -> None:
-        if job.future.done():
-            return
-        job.scores[i] = value
-        job.left -= 1
-        if job.left == 0:
-            job.future.set_result(None)
+    def _answered(self, _: object) -> None:
+        self._in_flight -= 1
+        metrics.QUEUE_DEPTH.labels(self.name).set(self._in_flight)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._attempted.set()  # nobody waits for a first attempt that will not come
-        tasks = [*self._tasks, *([self._load_task] if self._load_task else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        gone = ModelUnavailable(f"model {self.name} was unloaded")
-        for job in list(self._jobs):
-            if not job.future.done():
-                job.future.set_exception(gone)
+        if self._load_task is not None:
+            self._load_task.cancel()
+        await asyncio.gather(
+            self._queue.shutdown(ModelUnavailable(f"model {self.name} was unloaded")),
+            *([self._load_task] if self._load_task else []), return_exceptions=True,
+        )
         closer = getattr(self.scorer, "close", None)
         if callable(closer):  # e.g. the remote backend's connections; runs after any model call still going
             self._thread.submit(closer)
         self._thread.shutdown(wait=False)
         self._tokens_thread.shutdown(wait=False)
-
 
 class ScoringEngine:
     def __init__(

@@ -13,9 +13,10 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from transformers import AutoTokenizer

@@ -9,7 +9,8 @@ CIRCUIT_STATE = Gauge(
     "rerank_model_circuit_state", "the model's circuit breaker: 0 closed, 1 half-open, 2 open", ["model"]
 )
 CIRCUIT_OPENED = Counter(
-    "rerank_model_circuit_opened_total", "times the model's circuit breaker opened (failed searches, or a failed trial)",
+    "rerank_model_circuit_opened_total",
+    "times the model's circuit breaker opened (failed searches, or a failed trial)",
     ["model"],
 )
 PAIRS = Counter("rerank_model_pairs_total", "(query, document) pairs scored by the model", ["model"])

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import inspect
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache

@@ -41,6 +41,9 @@ class Fusion(BaseModel):
     k: int = Field(60, gt=0, description="rrf: the rank constant")
 
 
+LINEAR = Fusion()  # the default: half the model's score, half the cluster's
+
+
 @dataclass(frozen=True)
 class RankedHit:
     position: int  # index into the cluster's hits
@@ -105,7 +108,7 @@ def _after_prefix(
 
 
 def rank(
-    cluster_scores: Sequence[float | None], model_scores: Sequence[float | None], fusion: Fusion = Fusion()
+    cluster_scores: Sequence[float | None], model_scores: Sequence[float | None], fusion: Fusion = LINEAR
 ) -> list[RankedHit]:
     """The cluster's hits in their new order (see the module docstring): the scored prefix of the window reordered
     by fused score, the rest of the window and the hits past it in the cluster's order."""

@@ -20,9 +20,9 @@ import os
 import random
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
-from typing import Any, Coroutine, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -230,7 +230,7 @@ class RemoteScorer:
                     retry_after = response.headers.get("Retry-After")
             except _CONNECT_TIMEOUT as err:
                 raise _Retryable(f"connect timed out ({type(err).__name__})") from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Asking again would only make the search wait twice as long for a service that is too slow.
                 raise RuntimeError(
                     f"model {self.name!r}: {self.url} did not answer within {self.spec.timeout_s}s (not retried)"

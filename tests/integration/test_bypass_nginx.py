@@ -10,7 +10,6 @@ import gzip
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest

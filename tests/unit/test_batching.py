@@ -7,7 +7,11 @@ import pytest
 
 from rerank.batching import fits, token_batches
 from rerank.spec import (
-    ACCELERATOR_BATCH_PAIRS, ACCELERATOR_BATCH_TOKENS, CPU_BATCH_PAIRS, CPU_BATCH_TOKENS, ModelSpec,
+    ACCELERATOR_BATCH_PAIRS,
+    ACCELERATOR_BATCH_TOKENS,
+    CPU_BATCH_PAIRS,
+    CPU_BATCH_TOKENS,
+    ModelSpec,
 )
 
 

@@ -8,14 +8,13 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may try the network
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import torch
 import torch._dynamo
+from pydantic import ValidationError
 from torch._dynamo.eval_frame import OptimizedModule
 from torch._dynamo.utils import counters
-from pydantic import ValidationError
 
 from rerank import loading
 from rerank.registry import load_scorer

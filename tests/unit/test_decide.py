@@ -1,7 +1,7 @@
 import pytest
 
 from proxy.config import RerankSettings
-from proxy.decide import decide, requested_page, Page
+from proxy.decide import Page, decide, requested_page
 
 SETTINGS = RerankSettings(window=50)
 

@@ -9,7 +9,14 @@ import orjson
 import pytest
 
 from proxy.ndjson import (
-    MsearchItem, NdjsonError, TooDeep, dumps, item_index, parse_msearch, serialize_msearch, strict_loads,
+    MsearchItem,
+    NdjsonError,
+    TooDeep,
+    dumps,
+    item_index,
+    parse_msearch,
+    serialize_msearch,
+    strict_loads,
 )
 
 H = b'{"index":"idx"}'

@@ -2,7 +2,8 @@ from proxy.decide import Page
 from proxy.request_rewrite import ClientView
 from proxy.response_rewrite import apply_client_filter_path, rewrite_hits
 from proxy.view import SourceFilter
-from rerank.ranking import Fusion, rank as fused_rank
+from rerank.ranking import Fusion
+from rerank.ranking import rank as fused_rank
 
 
 def rank(n, scores):
@@ -15,8 +16,8 @@ def response(n):
             "aggregations": {"a": {"value": 1}}}
 
 
-def view(from_=0, size=10, source=SourceFilter(), widened=False, filter_path=None):
-    return ClientView(Page(from_, size), source, widened, filter_path)
+def view(from_=0, size=10, source=None, widened=False, filter_path=None):
+    return ClientView(Page(from_, size), SourceFilter() if source is None else source, widened, filter_path)
 
 
 def ids(resp):

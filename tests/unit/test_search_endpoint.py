@@ -12,7 +12,13 @@ from proxy.config import parse_config
 from proxy.relay import PassThrough
 from proxy.routing import Kind
 from proxy.search_endpoint import (
-    SearchEndpoint, _decompress, _Inflated, _max_result_window, _too_large, header_text, request_options,
+    SearchEndpoint,
+    _decompress,
+    _Inflated,
+    _max_result_window,
+    _too_large,
+    header_text,
+    request_options,
 )
 from proxy.wire import HeaderView, Reply, RequestHead
 
