@@ -1,9 +1,12 @@
 """Whether a search can be reranked without changing its meaning, and if not, why (the reason is a header value)."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from rerank import language
 
@@ -59,6 +62,57 @@ def _is_score_sort(sort: Any) -> bool:
     return False
 
 
+def _flag(body: Mapping[str, Any], params: Mapping[str, str], key: str) -> bool:
+    """A boolean option as the cluster reads it: a URL parameter (`?explain` alone means true) wins over the body."""
+    if key in params:
+        return params[key].strip().lower() != "false"
+    value = body.get(key)
+    return value is True or value == "true"
+
+
+def order_ruled_out(body: Mapping[str, Any], params: Mapping[str, str]) -> str | None:
+    """Why the hits' order or `_score` is not the proxy's to change, from what the search asks (None: it is).
+    Its order is another than relevance (`sort`, a scroll, a point in time, `search_after`), the client ranks the
+    top itself (`rescore`), or the answer reports on the cluster's own scoring (`explain`, `profile`); with
+    `stored_fields: _none_` the cluster sends no `_source` to read the hits' text from, nor accepts a request for it."""
+    if "scroll" in params or "scroll" in body:
+        return "scroll"
+    if "pit" in body:
+        return "pit"
+    if "search_after" in body:
+        return "search-after"
+    sort = params.get("sort", body.get("sort"))
+    if sort is not None and not _is_score_sort(sort.split(",") if isinstance(sort, str) else sort):
+        return "sort"
+    if body.get("rescore"):
+        return "rescore"
+    if _flag(body, params, "explain"):
+        return "explain"
+    if body.get("profile") is True or body.get("profile") == "true":
+        return "profile"
+    stored = params.get("stored_fields", body.get("stored_fields"))
+    if stored == "_none_" or (isinstance(stored, list) and "_none_" in stored):
+        return "stored-fields-none"
+    return None
+
+
+# The options `order_ruled_out` reads, as they appear in a template's source that is not JSON (mustache sections).
+_TEMPLATE_OPTIONS = re.compile(r'"(scroll|pit|search_after|sort|rescore|explain|profile|stored_fields)"\s*:')
+_OPTION_REASONS = {"search_after": "search-after", "stored_fields": "stored-fields-none"}
+
+
+def template_order_ruled_out(source: Any) -> str | None:
+    """`order_ruled_out` for an inline search template's `source` (an object, or a string the cluster renders):
+    a string that is not JSON as it stands is judged by the options it names at all, whatever their values."""
+    if isinstance(source, str):
+        try:
+            source = orjson.loads(source)
+        except orjson.JSONDecodeError:
+            found = _TEMPLATE_OPTIONS.search(source)
+            return _OPTION_REASONS.get(found.group(1), found.group(1)) if found else None
+    return order_ruled_out(source, {}) if isinstance(source, Mapping) else None
+
+
 def decide(
     body: Mapping[str, Any] | None,
     params: Mapping[str, str],
@@ -76,15 +130,9 @@ def decide(
         return Decision(False, "header-off")
     if body is None:
         body = {}
-    if "scroll" in params or "scroll" in body:
-        return Decision(False, "scroll")
-    if "pit" in body:
-        return Decision(False, "pit")
-    if "search_after" in body:
-        return Decision(False, "search-after")
-    sort = params.get("sort", body.get("sort"))
-    if sort is not None and not _is_score_sort(sort.split(",") if isinstance(sort, str) else sort):
-        return Decision(False, "sort")
+    ruled_out = order_ruled_out(body, params)
+    if ruled_out is not None:
+        return Decision(False, ruled_out)
     page = requested_page(body, params)
     if page is None:
         return Decision(False, "bad-page")

@@ -47,15 +47,32 @@ class MsearchItem:
     raw_body: bytes
 
 
-def strict_loads(raw: bytes) -> Any:
-    """JSON as the cluster reads it, or `NdjsonError`: also refuses duplicate keys, which the cluster rejects and
-    orjson silently collapses (a rewritten body would then be accepted where the client's was refused)."""
+# An integer past 64 bits (20 digits, or a minus and 19) orjson reads as a float, so a `term` on it would match
+# nothing and a `_source` holding it would come back rounded. A document that may hold one (a digit run that long
+# anywhere, strings included: rare) is read again by the stdlib parser, which keeps every integer exact.
+_WIDE_INT = re.compile(rb"\d{20}|-\d{19}")
+
+
+def loads(raw: bytes) -> Any:
+    """JSON, every integer exact; raises `NdjsonError` (`TooDeep` past the depth either parser reads)."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
         if "depth limit" in str(err):
             raise TooDeep(str(err)) from None
         raise NdjsonError(str(err)) from None
+    if _WIDE_INT.search(raw):
+        try:
+            return json.loads(raw)
+        except RecursionError:  # the stdlib parser recurses, and stops short of orjson's 1024 levels
+            raise TooDeep("an integer past 64 bits, nested too deep to read exactly") from None
+    return value
+
+
+def strict_loads(raw: bytes) -> Any:
+    """JSON as the cluster reads it, or `NdjsonError`: also refuses duplicate keys, which the cluster rejects and
+    orjson silently collapses (a rewritten body would then be accepted where the client's was refused)."""
+    value = loads(raw)
     if b'"' in raw and _has_duplicate_keys(raw, value):
         raise NdjsonError("duplicate key in a JSON object")
     return value
@@ -97,10 +114,14 @@ def _key_count(value: Any) -> int:
 
 def dumps(value: Any, *, pretty: bool = False) -> bytes:
     """`orjson.dumps`, also for values nested deeper than it writes (it stops at 255 levels, where it reads 1024):
-    the same bytes, built level by level without recursion. `pretty`: orjson's `OPT_INDENT_2` layout."""
+    the same bytes, built level by level without recursion; and for integers past 64 bits (`loads` keeps them), by
+    the stdlib, in the same layout. `pretty`: orjson's `OPT_INDENT_2` layout."""
     try:
         return orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
-    except orjson.JSONEncodeError:
+    except orjson.JSONEncodeError as err:
+        if "64-bit" in str(err):  # RecursionError past the stdlib's depth: the caller's to handle
+            return json.dumps(value, ensure_ascii=False, indent=2 if pretty else None,
+                              separators=(",", ": ") if pretty else (",", ":")).encode()
         return _dumps_deep(value, pretty)
 
 

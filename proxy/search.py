@@ -28,6 +28,7 @@ from .decide import (
     needs_detector,
     requested_page,
     served_languages,
+    template_order_ruled_out,
 )
 from .query_text import extract_query_text
 from .request_rewrite import ClientView, rewrite_search
@@ -191,6 +192,11 @@ async def plan_template(
     """Search templates hide the DSL; the query text and the page come from the template params named in config."""
     if options.force == "off":
         return Skip(reason="header-off", variant=options.variant)
+    # An inline template's own options (a sort, a rescore...) rule reranking out as a search's would; a stored one
+    # (`id`) cannot be read here: its index's rule (`template_params`) is the operator's word that it ranks by score.
+    ruled_out = template_order_ruled_out(body.get("source")) if isinstance(body, Mapping) else None
+    if ruled_out is not None:
+        return Skip(reason=ruled_out, variant=options.variant)
     flat = dict(params)
     settings, off_reason = await _settings(config, resolver, index, options)
     tparams = body.get("params") if isinstance(body, Mapping) else None

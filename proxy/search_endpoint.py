@@ -27,7 +27,7 @@ import orjson
 
 from . import metrics
 from .errors import es_error_reply
-from .ndjson import NdjsonError, TooDeep, dumps, item_index, parse_msearch, serialize_msearch, strict_loads
+from .ndjson import NdjsonError, TooDeep, dumps, item_index, loads, parse_msearch, serialize_msearch, strict_loads
 from .relay import Incoming, PassThrough
 from .resolve import ResultWindows, smallest_result_window
 from .routing import Kind
@@ -332,7 +332,7 @@ def _document(reply: Collected) -> Any:
     if reply.status != 200:
         return None
     try:
-        return orjson.loads(_decompress(reply.body, reply.head.get("Content-Encoding") or ""))
+        return loads(_decompress(reply.body, reply.head.get("Content-Encoding") or ""))
     except (ValueError, OSError, zlib.error, EOFError):
         raise _Unparseable from None
 

@@ -1,7 +1,7 @@
 import pytest
 
 from proxy.config import RerankSettings
-from proxy.decide import Page, decide, requested_page
+from proxy.decide import Page, decide, requested_page, template_order_ruled_out
 
 SETTINGS = RerankSettings(window=50)
 
@@ -29,6 +29,13 @@ def test_plain_search_is_reranked():
         ({"pit": {"id": "x"}}, {}, "pit"),
         ({"from": 50}, {}, "page-past-window"),
         ({"from": "x"}, {}, "bad-page"),
+        ({"rescore": {"query": {"rescore_query": {"match_all": {}}}}}, {}, "rescore"),
+        ({"explain": True}, {}, "explain"),
+        ({}, {"explain": ""}, "explain"),  # `?explain` alone means true to the cluster
+        ({"profile": True}, {}, "profile"),
+        ({"stored_fields": "_none_"}, {}, "stored-fields-none"),
+        ({"stored_fields": ["_none_"]}, {}, "stored-fields-none"),
+        ({}, {"stored_fields": "_none_"}, "stored-fields-none"),
     ],
 )
 def test_searches_reranking_would_change_are_skipped_with_a_reason(body, params, expected):
@@ -65,3 +72,25 @@ def test_a_page_value_past_a_java_int_is_a_bad_page(value):
     assert requested_page({"size": value}, {}) is None
     assert requested_page({}, {"from": str(value)}) is None
     assert requested_page({"size": 2**31 - 1}, {}) == Page(0, 2**31 - 1)
+
+
+@pytest.mark.parametrize("body,params", [
+    ({"explain": False, "profile": False, "rescore": []}, {}),
+    ({"explain": True}, {"explain": "false"}),  # the URL wins, as on the cluster
+    ({"stored_fields": ["title"]}, {}),
+])
+def test_options_that_leave_the_order_to_relevance_are_still_reranked(body, params):
+    assert reason(body, params) is None
+
+
+@pytest.mark.parametrize("source,expected", [
+    ({"query": {"match": {"t": "{{q}}"}}, "sort": [{"n": "asc"}]}, "sort"),
+    ({"query": {"match": {"t": "{{q}}"}}, "sort": ["_score"]}, None),
+    ('{"query":{"match":{"t":"{{q}}"}},"rescore":{"query":{}}}', "rescore"),  # a JSON string, read as JSON
+    ('{"query":{"match":{"t":"{{q}}"}}{{#s}},"sort":["_score"]{{/s}}}', "sort"),  # mustache: any sort it names
+    ('{"query":{"match":{"t":"{{q}}"}}{{#a}},"search_after":{{a}}{{/a}}}', "search-after"),
+    ('{"query":{"match":{"t":"{{q}}"}}{{#x}},"size":{{x}}{{/x}}}', None),
+    (None, None),  # a stored template (`id`): not the proxy's to read
+])
+def test_an_inline_templates_own_options_rule_reranking_out(source, expected):
+    assert template_order_ruled_out(source) == expected

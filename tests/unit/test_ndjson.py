@@ -14,6 +14,7 @@ from proxy.ndjson import (
     TooDeep,
     dumps,
     item_index,
+    loads,
     parse_msearch,
     serialize_msearch,
     strict_loads,
@@ -210,3 +211,17 @@ def test_dumps_writes_values_deeper_than_orjson_does_as_the_stdlib_would(depth: 
     finally:
         sys.setrecursionlimit(limit)
     assert dumps(value, pretty=pretty) == expected
+
+
+@pytest.mark.parametrize("number", [b"12345678901234567890123", b"18446744073709551616", b"-9223372036854775809"])
+def test_integers_past_64_bits_are_read_and_written_exactly(number: bytes) -> None:
+    raw = b'{"query":{"term":{"big":%s}},"n":[1.5,-2],"s":"\\u00e9"}' % number
+    value = strict_loads(raw)
+    assert value["query"]["term"]["big"] == int(number)  # orjson alone: a float, rounded
+    assert dumps(value) == b'{"query":{"term":{"big":%s}},"n":[1.5,-2],"s":"\xc3\xa9"}' % number
+    assert dumps(value, pretty=True) == json.dumps(value, indent=2, ensure_ascii=False).encode()
+
+
+def test_a_long_digit_run_in_a_string_costs_a_second_parse_and_changes_nothing() -> None:
+    raw = b'{"id":"123456789012345678901234","n":18446744073709551615}'
+    assert loads(raw) == orjson.loads(raw) == {"id": "123456789012345678901234", "n": 18446744073709551615}
