@@ -5,8 +5,8 @@ STAMP := $(VENV)/.installed
 # Extra pip arguments, e.g. PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu' for CPU-only torch.
 PIP_ARGS ?=
 
-# Every test run installs these exact versions (the test extra, resolved for Linux x86_64, Python 3.11); `make lock`
-# resolves pyproject.toml's ranges anew, to the newest versions that fit.
+# Every test run installs these exact versions (the test extra, which takes in the tools extra, resolved for Linux
+# x86_64, Python 3.11); `make lock` resolves pyproject.toml's ranges anew, to the newest versions that fit.
 LOCK := requirements/test.lock
 
 .PHONY: venv test demo lint lock

@@ -1,7 +1,7 @@
 """How `compile: true` compiles: each transformer block (what the product does) against the whole model, and eager.
 
-    .venv/bin/python benchmarks/compile_modes.py                        # MiniLM bi- and cross-encoder, ~4 minutes
-    .venv/bin/python benchmarks/compile_modes.py --models base-v2       # mxbai base-v2 shape, ~8 minutes on 2 cores
+    .venv/bin/python -m benchmarks.compile_modes                        # MiniLM bi- and cross-encoder, ~4 minutes
+    .venv/bin/python -m benchmarks.compile_modes --models base-v2       # mxbai base-v2 shape, ~8 minutes on 2 cores
 
 Three copies of one model in one process: eager; the whole model through torch.compile (dynamic shapes), as the
 product compiled before; and the product's `compile: true` (`rerank.loading.compile_blocks`: every block of the
@@ -27,14 +27,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")  # cold compiles: no kernels from earlier runs
 
+import torch
+
+from rerank.loading import compile_blocks
+from rerank.registry import load_scorer
+from rerank.spec import ModelSpec
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from rerank.loading import compile_blocks  # noqa: E402
-from rerank.registry import load_scorer  # noqa: E402
-from rerank.spec import ModelSpec  # noqa: E402
 
 QUERY = "vitamin c deficiency and scurvy in sailors"
 MODELS = ("minilm", "minilm-ce", "base-v2")
@@ -47,11 +46,11 @@ def documents(count: int) -> list[str]:
 
 def spec_for(model: str, workdir: Path) -> ModelSpec:
     if model == "minilm":
-        from tests.models import MINILM_SOURCE
+        from rerank_proxy_tools.models import MINILM_SOURCE
 
         return ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, cache_entries=0)
     if model == "minilm-ce":
-        from tests.models import make_minilm_cross_encoder
+        from rerank_proxy_tools.models import make_minilm_cross_encoder
 
         return ModelSpec(backend="cross-encoder", source=str(make_minilm_cross_encoder(workdir / model)))
     from benchmarks.gpu_bench import SHAPES, write_random_qwen2
@@ -110,10 +109,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"unknown model {model!r} (known: {', '.join(MODELS)})")
         print(f"{model}: racing eager, whole-model and per-block compile", file=sys.stderr, flush=True)
         extra = [flag for flag, value in (("--docs", args.docs), ("--rounds", args.rounds)) if value]
-        child = [sys.executable, __file__, "--one", model]
+        child = [sys.executable, "-m", "benchmarks.compile_modes", "--one", model]
         for flag in extra:
             child += [flag, str(getattr(args, flag[2:]))]
-        done = subprocess.run(child, check=True, capture_output=True, text=True)
+        done = subprocess.run(child, check=True, capture_output=True, text=True, cwd=REPO)
         rows.append(done.stdout.strip())
     print(f"\nCPU, {torch.get_num_threads()} threads, float32; compile s = from cold through the warm-up\n")
     print("| model | compiled | compile s | s per call (median) | vs eager | max abs diff vs eager |")

@@ -1,18 +1,18 @@
 """The defaults sweep: which single setting of window, text building, text budget and fusion serves an index
 without a rule best across the English public sets in ../shared/data (one choice for all, not tuned per set).
 
-    .venv/bin/python benchmarks/defaults_sweep.py --upstream http://127.0.0.1:19201          # run (resumes)
-    .venv/bin/python benchmarks/defaults_sweep.py --report                                   # table only
-    .venv/bin/python benchmarks/defaults_sweep.py --upstream http://127.0.0.1:19201 --xquad  # the language gate
+    .venv/bin/python -m benchmarks.defaults_sweep --upstream http://127.0.0.1:19201          # run (resumes)
+    .venv/bin/python -m benchmarks.defaults_sweep --report                                   # table only
+    .venv/bin/python -m benchmarks.defaults_sweep --upstream http://127.0.0.1:19201 --xquad  # the language gate
 
 What was run on a shared 2-core CPU (MiniLM embeds ~10 documents a second there): the whole grid on Medline (all 30
 queries), then the flattened-text candidates on the other sets, first 20 judged queries (and first 10 in
 quality/defaults-os.json), then the gate on XQuAD-R, first 100 questions per language:
 
     R=benchmarks/quality/defaults-os-20q.json
-    .venv/bin/python benchmarks/defaults_sweep.py --sets medline --results $R
-    .venv/bin/python benchmarks/defaults_sweep.py --small --max-queries 20 --results $R
-    .venv/bin/python benchmarks/defaults_sweep.py --xquad --max-queries 100 --results $R
+    .venv/bin/python -m benchmarks.defaults_sweep --sets medline --results $R
+    .venv/bin/python -m benchmarks.defaults_sweep --small --max-queries 20 --results $R
+    .venv/bin/python -m benchmarks.defaults_sweep --xquad --max-queries 100 --results $R
 
 Each set is one `rerank-proxy eval` run (config quality/defaults-sweep.yaml, written from grid()): the corpus is
 indexed once and every candidate is a variant, so all candidates rerank the same BM25 candidates for the same first
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     candidates = grid(full=not args.small)
     if not args.report:
         write_yaml(SWEEP_CONFIG, sweep_config(grid()))  # every candidate; --small asks for some
-        from proxy.beir import load_collection
+        from rerank_proxy_tools.beir import load_collection
 
         for name in (args.sets.split(",") if args.sets else SETS):
             if name in results["sets"] and not args.force:
@@ -293,5 +293,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE.parent))
     sys.exit(main())

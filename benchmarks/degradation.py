@@ -1,12 +1,12 @@
 """Search quality as the model's time runs short: NDCG@10 through the real proxy, budget by budget, never below BM25.
 
-    .venv/bin/python benchmarks/degradation.py --upstream http://127.0.0.1:19201      # OpenSearch: english analyzer
-    .venv/bin/python benchmarks/degradation.py --upstream URL --sets medline --max-queries 20 --concurrency 1,8
+    .venv/bin/python -m benchmarks.degradation --upstream http://127.0.0.1:19201      # OpenSearch: english analyzer
+    .venv/bin/python -m benchmarks.degradation --upstream URL --sets medline --max-queries 20 --concurrency 1,8
 
 For each collection (SciFact and Medline from ../shared/data by default) the corpus is indexed once (index
 `degradation-<set>`, the `english` analyzer: OpenSearch's analysis-common has it, the Elasticsearch integ-test-zip
 does not; `--analyzer standard` there), then the judged queries run through an in-process proxy with the eval's
-built-in configuration (`proxy/evaluate.py`: MiniLM on this CPU, window 100, the shipped defaults; the README's table
+built-in configuration (`rerank_proxy_tools/evaluate.py`: MiniLM on this CPU, window 100, the shipped defaults; the README's table
 was measured when they were title + text and linear fusion 0.5):
 
 - `bm25`: `X-Rerank: off`, the baseline;
@@ -28,7 +28,7 @@ A budget row may fall below a smaller budget's without anything being lost: a pa
 is what a full rerank of a window of K serves, so the budget rows follow the model's own NDCG-by-window curve,
 which need not rise all the way to the window (`rerank-proxy eval --window K` gives its points).
 
-The loading, the proxy, the query bodies and the scoring are `proxy/evaluate.py`'s own.
+The loading, the proxy, the query bodies and the scoring are `rerank_proxy_tools/evaluate.py`'s own.
 """
 from __future__ import annotations
 
@@ -46,12 +46,10 @@ from urllib.parse import quote
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from proxy.beir import Collection, load_collection  # noqa: E402
-from proxy.config import Config, RerankSettings, parse_config  # noqa: E402
-from proxy.evaluate import (  # noqa: E402
+from proxy.config import Config, RerankSettings, parse_config
+from proxy.server import start_server
+from rerank_proxy_tools.beir import Collection, load_collection
+from rerank_proxy_tools.evaluate import (
     DEFAULT_WINDOW,
     EVAL_TIMEOUT_MS,
     REQUEST_TIMEOUT,
@@ -71,7 +69,8 @@ from proxy.evaluate import (  # noqa: E402
     searched_fields,
     status_kind,
 )
-from proxy.server import start_server  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 DATA = REPO.parent / "shared" / "data"
 TOLERANCE = 0.002  # NDCG@10 a row may lose to BM25 before it is flagged
@@ -117,10 +116,10 @@ async def prepare(http: aiohttp.ClientSession, upstream: str, name: str, analyze
                   max_queries: int | None) -> Dataset:
     collection = load_collection(DATA / name)
     index = "degradation-" + name.replace("/", "-")
-    if not await existing_index(http, upstream, index, len(collection.doc_ids)):
+    if not await existing_index(upstream, index, len(collection.doc_ids)):
         await check_analyzer(http, upstream, analyzer)
-        await create_index(http, upstream, index, index_body(None, analyzer))
-        await bulk_load(http, upstream, index, collection, structured=False)
+        await create_index(upstream, index, index_body(None, analyzer))
+        await bulk_load(upstream, index, collection, structured=False)
     return Dataset(collection, collection.judged_queries(max_queries), index,
                    await searched_fields(http, upstream, index))
 

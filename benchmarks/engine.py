@@ -1,11 +1,11 @@
 """The batching engine under concurrent searches vs the backend called directly, one search after another.
 
-    .venv/bin/python benchmarks/engine.py                    # default, about 4-5 minutes on a 2-core CPU
-    .venv/bin/python benchmarks/engine.py --quick            # smoke run, well under a minute
-    .venv/bin/python benchmarks/engine.py --minilm-docs 100  # MiniLM at full size too (about 12 minutes here)
+    .venv/bin/python -m benchmarks.engine                    # default, about 4-5 minutes on a 2-core CPU
+    .venv/bin/python -m benchmarks.engine --quick            # smoke run, well under a minute
+    .venv/bin/python -m benchmarks.engine --minilm-docs 100  # MiniLM at full size too (about 12 minutes here)
 
 Models (`--models`): `minilm`, the trained all-MiniLM-L6-v2 bi-encoder (CPU default of the proxy); `minilm-ce`,
-MiniLM-L6 under a random head (`tests/models.py: make_minilm_cross_encoder`, the cost of ms-marco-MiniLM-L-6-v2);
+MiniLM-L6 under a random head (`rerank_proxy_tools/models.py: make_minilm_cross_encoder`, the cost of ms-marco-MiniLM-L-6-v2);
 `tiny-ce`, a tiny random cross-encoder (`make_tiny_cross_encoder`, 2 layers, hidden 32: costs little besides
 tokenizing and padding). Rows per model:
 
@@ -43,18 +43,17 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing comes from the hub here
 
+from prometheus_client import REGISTRY
+
+from rerank.backend import PairEncoder
+from rerank.batching import token_batches
+from rerank.engine import PAIR_SPECIAL_TOKENS, ScoringEngine
+from rerank.registry import load_scorer
+from rerank.spec import ModelSpec
+from rerank.text import TextConfig, build_document_text
+from rerank_proxy_tools.models import MINILM_SOURCE, make_minilm_cross_encoder, make_tiny_cross_encoder
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from prometheus_client import REGISTRY  # noqa: E402
-
-from rerank.backend import PairEncoder  # noqa: E402
-from rerank.batching import token_batches  # noqa: E402
-from rerank.engine import PAIR_SPECIAL_TOKENS, ScoringEngine  # noqa: E402
-from rerank.registry import load_scorer  # noqa: E402
-from rerank.spec import ModelSpec  # noqa: E402
-from rerank.text import TextConfig, build_document_text  # noqa: E402
-from tests.models import MINILM_SOURCE, make_minilm_cross_encoder, make_tiny_cross_encoder  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
 TIMEOUT_S = 3600.0  # the benchmark measures the model, never a deadline

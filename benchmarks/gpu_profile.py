@@ -1,7 +1,7 @@
 """Where one mxbai-v2 model call spends its time: the product's call against variants of it, and kernels by kind.
 
     bash benchmarks/gpu.sh --profile                       # on a GPU machine (base-v2 and large-v2 shapes)
-    python benchmarks/gpu_profile.py --tiny                 # anywhere: a tiny Qwen2 on CPU, proves it works
+    python -m benchmarks.gpu_profile --tiny                 # anywhere: a tiny Qwen2 on CPU, proves it works
     bash benchmarks/gpu.sh --profile --compile              # also torch.compile on the call's fixed shape (slow)
 
 One call = as many (query, document) pairs of about `--doc-tokens` tokens as fit `--call-tokens` padded tokens (the
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,12 +36,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.gpu_bench import (  # noqa: E402
+from benchmarks.gpu_bench import (
     SHAPES,
     add_vocab_argument,
     layer_parameters,
@@ -55,7 +51,7 @@ from benchmarks.gpu_bench import (  # noqa: E402
     vocab_file,
     write_random_qwen2,
 )
-from rerank.batching import token_batches  # noqa: E402
+from rerank.batching import token_batches
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmups: int = 3) -> float:

@@ -1,8 +1,8 @@
 """Language detectors on real queries: accuracy per language, what the language gate does, and the time per query.
 
-    .venv/bin/python benchmarks/language_detect.py                 # every detector installed; py3langid at least
-    .venv/bin/python benchmarks/language_detect.py --limit 300 --detectors py3langid
-    .venv/bin/python benchmarks/language_detect.py --lingua-high   # lingua's high-accuracy mode (1.3 GB, ~18 s load)
+    .venv/bin/python -m benchmarks.language_detect                 # every detector installed; py3langid at least
+    .venv/bin/python -m benchmarks.language_detect --limit 300 --detectors py3langid
+    .venv/bin/python -m benchmarks.language_detect --lingua-high   # lingua's high-accuracy mode (1.3 GB, ~18 s load)
 
 Query sets (from ../shared/data, or --data): XQuAD-R's 1,190 questions in each of ar, el, en, es, hi, th, tr, zh,
 and the English query sets SciFact, Medline, CoSQA, Gorilla, Cranfield, CISI, Vaswani and MetaTool (at most
@@ -26,17 +26,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from rerank import language
+from rerank.lru import LRU
 
-from rerank import language  # noqa: E402
-from rerank.lru import LRU  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 XQUAD = ("ar", "el", "en", "es", "hi", "th", "tr", "zh")
 ENGLISH = ("scifact", "medline", "cosqa", "gorilla-hf", "cranfield", "cisi", "vaswani", "metatool")

@@ -6,7 +6,7 @@ weights, fuses the cosine with the BM25 score (`linear`: 0.5 each after min-max 
 `rrf` k=60) and scores the runs with ir-measures. It deliberately imports nothing from `proxy/` or `rerank/`: a
 gap between this and the proxy's `eval` is a bug in the proxy's text building, windowing or rewriting.
 
-    python benchmarks/offline_reference.py --data ../shared/data/medline --upstream http://127.0.0.1:9200 \\
+    python -m benchmarks.offline_reference --data ../shared/data/medline --upstream http://127.0.0.1:9200 \\
         --index eval-medline --json medline.ref.json
 
 The index must already hold the corpus (`rerank-proxy eval --keep` leaves it). Document text is the listed

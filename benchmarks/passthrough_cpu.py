@@ -1,7 +1,7 @@
 """CPU per relayed request: rerank-proxy, nginx and HAProxy in front of the same cluster, compared in one run.
 
-    python benchmarks/passthrough_cpu.py --upstream http://127.0.0.1:9200 --serve-proxy config.yaml
-    python benchmarks/passthrough_cpu.py --upstream http://127.0.0.1:9200 --proxy 127.0.0.1:9311 --proxy 127.0.0.1:9312
+    python -m benchmarks.passthrough_cpu --upstream http://127.0.0.1:9200 --serve-proxy config.yaml
+    python -m benchmarks.passthrough_cpu --upstream http://127.0.0.1:9200 --proxy 127.0.0.1:9311 --proxy 127.0.0.1:9312
 
 `proxy_overhead.py` answers "how much slower than direct"; this answers "how much CPU per request", which is what a
 change to the pass-through path should be judged by on a noisy shared machine. The load comes from `hey` (a Go load
@@ -10,7 +10,7 @@ the CPU time (user + system, from /proc) its process and all its descendants spe
 requests served (for the direct arm that is the cluster's own CPU, shown for scale). Rounds alternate the arms'
 order; the table shows medians.
 
-Reference arms (benchmarks/anchors.py): nginx and HAProxy from the Debian packages, started by the script when
+Reference arms (rerank_proxy_tools/anchors.py): nginx and HAProxy from the Debian packages, started by the script when
 installed (`--no-nginx`, `--no-haproxy` to leave them out), each a single worker with upstream keep-alive and no
 access log. The goal for rerank-proxy (issue 16): at most 2x nginx's CPU per request, at least 0.7x direct
 throughput. `--serve-proxy CONFIG` starts `rerank-proxy serve` itself; `--proxy HOST:PORT` measures one already
@@ -32,16 +32,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks.anchors` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import anchors  # noqa: E402
+from rerank_proxy_tools import anchors, indexing
 
 QUERY = {"query": {"match": {"text": "protein cells"}}, "size": 10}
 CPU_GOAL = 2.0  # rerank-proxy's CPU per request at most this many times nginx's
@@ -78,19 +73,11 @@ class Cell:
 
 
 def ensure_index(upstream: str, index: str) -> None:
-    try:
-        urllib.request.urlopen(f"{upstream}/{index}/_doc/1", timeout=10)
-        return
-    except urllib.error.HTTPError as err:
-        if err.code != 404:
-            raise
-    lines = []
-    for i in range(1, 61):
-        lines.append(json.dumps({"index": {"_id": str(i)}}))
-        lines.append(json.dumps({"title": f"protein cells {i}", "text": f"proteins fold in cells and tissues, {i}"}))
-    request = urllib.request.Request(f"{upstream}/{index}/_bulk?refresh=true", data=("\n".join(lines) + "\n").encode(),
-                                     headers={"Content-Type": "application/x-ndjson"}, method="POST")
-    urllib.request.urlopen(request, timeout=60)
+    """60 small documents, ids 1-60, unless the index already holds them; the first bulk request creates the index
+    (the cluster's dynamic mapping)."""
+    docs = [{"_id": str(i), "title": f"protein cells {i}", "text": f"proteins fold in cells and tissues, {i}"}
+            for i in range(1, 61)]
+    indexing.load_index(upstream, index, docs)
 
 
 def external_arm(address: str) -> Arm:

@@ -1,7 +1,7 @@
 """What the proxy costs: latency and throughput against the cluster directly vs through rerank-proxy.
 
-    python benchmarks/proxy_overhead.py --upstream http://127.0.0.1:9200 --proxy http://127.0.0.1:9201
-    python benchmarks/proxy_overhead.py --upstream http://127.0.0.1:9200 --serve-proxy config.yaml --nginx --haproxy
+    python -m benchmarks.proxy_overhead --upstream http://127.0.0.1:9200 --proxy http://127.0.0.1:9201
+    python -m benchmarks.proxy_overhead --upstream http://127.0.0.1:9200 --serve-proxy config.yaml --nginx --haproxy
 
 Cases, each at every `--concurrency`:
   get     `GET /{index}/_doc/{id}`: pure pass-through
@@ -13,7 +13,7 @@ The proxy reranks the index with its config's window: the shipped config.yaml's 
 SciFact into it, directly into the cluster, unless it is already there.
 
 Reference arms: `--nginx` and `--haproxy` start nginx and HAProxy from the Debian packages in front of the same
-cluster (benchmarks/anchors.py: one worker each, upstream keep-alive, no access log) and add them beside the proxy in
+cluster (rerank_proxy_tools/anchors.py: one worker each, upstream keep-alive, no access log) and add them beside the proxy in
 the get and search cases, so the table shows what a general-purpose proxy costs next to what rerank-proxy costs.
 `--serve-proxy CONFIG` starts `rerank-proxy serve` itself on a free port instead of `--proxy`. Each arm's CPU per
 request is that of its process and all its descendants (the direct arm's is the cluster's), when its process can be
@@ -46,10 +46,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks.anchors` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import anchors  # noqa: E402
+from rerank_proxy_tools import anchors, indexing
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
@@ -304,36 +301,23 @@ async def _json(session: aiohttp.ClientSession, method: str, url: str, body: obj
         return resp.status, (json.loads(text) if text else None)
 
 
-async def ensure_scifact(session: aiohttp.ClientSession, upstream: str, index: str, data: Path) -> None:
+async def ensure_scifact(upstream: str, index: str, data: Path) -> None:
     """Create `index` and bulk-load SciFact's corpus into it unless it already holds every document.
 
     Loading uses the documents' own ids, so an interrupted load simply runs again over the same ids."""
-    corpus = data / "corpus.jsonl"
-    docs = list(read_jsonl(corpus))
-    status, _ = await _json(session, "HEAD", f"{upstream}/{quote(index)}")
-    if status == 404:
-        mapping = {
-            "settings": {"number_of_shards": 1, "number_of_replicas": 0},
-            "mappings": {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}},
-        }
-        status, reply = await _json(session, "PUT", f"{upstream}/{quote(index)}", mapping)
-        if status != 200:
-            raise SystemExit(f"creating {index} failed: HTTP {status} {reply}")
-    else:
-        status, reply = await _json(session, "GET", f"{upstream}/{quote(index)}/_count")
-        if status == 200 and isinstance(reply, dict) and reply.get("count") == len(docs):
-            print(f"{index}: already holds {len(docs)} documents", file=sys.stderr)
-            return
-    print(f"{index}: loading {len(docs)} documents from {corpus}", file=sys.stderr)
-    for start in range(0, len(docs), BULK_DOCS):
-        lines = []
-        for doc in docs[start : start + BULK_DOCS]:
-            lines.append(json.dumps({"index": {"_index": index, "_id": doc["_id"]}}))
-            lines.append(json.dumps({"title": doc.get("title", ""), "text": doc.get("text", "")}))
-        status, reply = await _json(session, "POST", f"{upstream}/_bulk", ("\n".join(lines) + "\n").encode())
-        if status != 200 or not isinstance(reply, dict) or reply.get("errors"):
-            raise SystemExit(f"bulk load into {index} failed: HTTP {status} {str(reply)[:500]}")
-    await _json(session, "POST", f"{upstream}/{quote(index)}/_refresh")
+    docs = list(read_jsonl(data / "corpus.jsonl"))
+    mapping = {
+        "settings": {"number_of_shards": 1, "number_of_replicas": 0},
+        "mappings": {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}},
+    }
+    try:
+        await asyncio.to_thread(
+            indexing.load_index, upstream, index, docs, body=mapping, chunk_docs=BULK_DOCS,
+            source=lambda doc: {"title": doc.get("title", ""), "text": doc.get("text", "")},
+            log=lambda message: print(message, file=sys.stderr),
+        )
+    except indexing.IndexingError as err:
+        raise SystemExit(f"loading {index}: {err}") from None
 
 
 async def sample_ids(session: aiohttp.ClientSession, upstream: str, index: str, seed: int) -> list[str]:
@@ -543,7 +527,7 @@ async def main_async(args: argparse.Namespace, proxy: Relay, references: Sequenc
     random.Random(args.seed).shuffle(queries)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         if args.index is None:
-            await ensure_scifact(session, args.upstream, index, args.data)
+            await ensure_scifact(args.upstream, index, args.data)
         ids = await sample_ids(session, args.upstream, index, args.seed)
         searches = search_calls(index, args.field, queries)
         await check_same_cluster(session, args.upstream, args.proxy, index)

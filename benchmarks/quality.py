@@ -1,8 +1,8 @@
 """The quality sweep: `rerank-proxy eval` on every collection in ../shared/data, on Elasticsearch and OpenSearch,
 with every fusion mode, checked against the offline reference; writes benchmarks/quality.md.
 
-    python benchmarks/quality.py                       # starts both clusters itself (integ-test-zips)
-    python benchmarks/quality.py --es http://127.0.0.1:9200 --os http://127.0.0.1:9300 --sets medline,scifact
+    python -m benchmarks.quality                       # starts both clusters itself (integ-test-zips)
+    python -m benchmarks.quality --es http://127.0.0.1:9200 --os http://127.0.0.1:9300 --sets medline,scifact
 
 Each (cluster, collection) is one `rerank-proxy eval` run (window 100, the shipped CPU default MiniLM + linear
 fusion as `reranked`, `replace` and `rrf` as variants; see quality/fusion.yaml) that keeps its index, then
@@ -24,7 +24,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = HERE / "quality" / "results-{flavor}.json"  # one file per cluster: the two sweeps can run side by side
@@ -105,10 +104,10 @@ def sweep_one(run: Run, flavor: str, url: str, work: Path, reference: bool) -> d
         subprocess.run([str(bin_dir / "rerank-proxy"), "eval", "--upstream", url, *run.eval_args(flavor), "--keep",
                         "--json", str(proxy_json)], check=True)
         if reference:
-            subprocess.run([sys.executable, str(HERE / "offline_reference.py"), "--data", str(DATA / run.folder),
+            subprocess.run([sys.executable, "-m", "benchmarks.offline_reference", "--data", str(DATA / run.folder),
                             "--upstream", url, "--index", run.index, "--fields", run.reference_fields,
                             *(["--qrels", str(DATA / run.folder / run.qrels)] if run.qrels else []),
-                            "--json", str(ref_json)], check=True)
+                            "--json", str(ref_json)], check=True, cwd=ROOT)
     finally:
         with contextlib.suppress(OSError):
             urllib.request.urlopen(urllib.request.Request(f"{url}/{run.index}", method="DELETE"), timeout=60)
@@ -118,7 +117,7 @@ def sweep_one(run: Run, flavor: str, url: str, work: Path, reference: bool) -> d
 
 @contextlib.contextmanager
 def clusters(urls: dict[str, str | None], wanted: list[str]) -> Iterator[dict[str, str]]:
-    from proxy.localcluster import LocalCluster
+    from rerank_proxy_tools.localcluster import LocalCluster
 
     started: list[LocalCluster] = []
     try:
@@ -147,7 +146,7 @@ def render(results: dict) -> str:
     out = [
         "# Search quality through the proxy",
         "",
-        "Written by `python benchmarks/quality.py` (the commands are at the end). Every number is NDCG@10 over the",
+        "Written by `python -m benchmarks.quality` (the commands are at the end). Every number is NDCG@10 over the",
         "judged queries, BM25 top 100 from the cluster (standard analyzer unless noted, no stemming), window 100,",
         "the shipped CPU model (all-MiniLM-L6-v2 cosine). `reranked` is the shipped default: linear fusion, 0.5 each",
         "after min-max normalisation over the window; `replace` ranks by the model alone; `rrf` is reciprocal rank",
@@ -257,12 +256,12 @@ def _parity_section(results: dict) -> list[str]:
 def _commands() -> list[str]:
     return ["## Reproduce", "", "```",
             "make venv",
-            ".venv/bin/python benchmarks/quality.py            # both clusters, every set (a few hours on 2 cores)",
-            ".venv/bin/python benchmarks/quality.py --report   # rewrite this file from quality/results-*.json",
+            ".venv/bin/python -m benchmarks.quality            # both clusters, every set (a few hours on 2 cores)",
+            ".venv/bin/python -m benchmarks.quality --report   # rewrite this file from quality/results-*.json",
             "# one set by hand, against a running cluster:",
             ".venv/bin/rerank-proxy eval --data ../shared/data/scifact --upstream http://127.0.0.1:9200 \\",
             "    --config benchmarks/quality/fusion.yaml --variant replace --variant rrf --keep",
-            ".venv/bin/python benchmarks/offline_reference.py --data ../shared/data/scifact \\",
+            ".venv/bin/python -m benchmarks.offline_reference --data ../shared/data/scifact \\",
             "    --upstream http://127.0.0.1:9200 --index eval-scifact",
             "```", ""]
 

@@ -3,7 +3,7 @@
 The library needs transformers < 5, so this runs in its own venv (scorer.py creates one on demand) as a child
 process, and must not import anything from the project that needs the project's transformers:
 
-    REFERENCE_PYTHON benchmarks/reference_scorer.py JOB.json
+    REFERENCE_PYTHON -m benchmarks.reference_scorer JOB.json
 
 JOB.json: {"model": folder, "max_length": int, "batch_size": int, "threads": int, "dtype": "float32"}.
 
@@ -21,12 +21,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from tests.qwen import loaded_weights_sha256  # noqa: E402  (torch only: safe under transformers 4)
+from rerank_proxy_tools.qwen import loaded_weights_sha256  # torch only: safe under transformers 4
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

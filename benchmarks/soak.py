@@ -1,8 +1,8 @@
 """Soak: many concurrent clients through rerank-proxy for a while, then every written document checked in the cluster,
 and the proxy's memory and open files compared before, during and after the load.
 
-    python benchmarks/soak.py --upstream http://127.0.0.1:9200 --proxy http://127.0.0.1:9201
-    python benchmarks/soak.py --upstream http://127.0.0.1:9200 --serve-proxy config.yaml \
+    python -m benchmarks.soak --upstream http://127.0.0.1:9200 --proxy http://127.0.0.1:9201
+    python -m benchmarks.soak --upstream http://127.0.0.1:9200 --serve-proxy config.yaml \
         --duration 60 --clients 200 --documents 100000
 
 `--serve-proxy CONFIG` starts `rerank-proxy serve --config CONFIG --listen 127.0.0.1:PORT --upstream URL` on a free
@@ -91,10 +91,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks.anchors` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import anchors  # noqa: E402
+from rerank_proxy_tools import anchors
 
 KINDS = ("get", "search", "bulk")
 _WORDS = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -24,9 +25,9 @@ async def _serve(config_path: Path, listen: str | None, upstreams: list[str] | N
     serving = await start_server(config, config_path, overrides, wait_for_models=False)
     server = serving.server
     # Models leave millions of long-lived objects behind; frozen, the collector stops re-scanning them while it
-    # collects each request's short-lived garbage.
-    gc.collect()
-    gc.freeze()
+    # collects each request's short-lived garbage. They load in the background: frozen again once they have.
+    _freeze_heap()
+    frozen = asyncio.get_running_loop().create_task(_freeze_after(server.state.engine.first_attempts()))
     server.install_sighup()
     log = logging.getLogger("rerank-proxy")
     admin = "the data port (bearer token)" if serving.admin_url == serving.url else serving.admin_url
@@ -50,9 +51,20 @@ async def _serve(config_path: Path, listen: str | None, upstreams: list[str] | N
     cut = await serving.drained(grace)
     if cut:
         log.warning("shutdown: %d connection(s) still busy after %gs were closed", cut, grace)
+    frozen.cancel()
     await serving.cleanup()
     log.info("stopped")
     return 0
+
+
+def _freeze_heap() -> None:
+    gc.collect()
+    gc.freeze()
+
+
+async def _freeze_after(loaded: Coroutine[Any, Any, None]) -> None:
+    await loaded
+    _freeze_heap()
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -72,6 +84,23 @@ def _serve_forever(main: Coroutine[Any, Any, int]) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+# What `pip install 'rerank-proxy[tools]'` adds: the tools package and the imports of its extra.
+_TOOLS_IMPORTS = frozenset({"rerank_proxy_tools", "ir_measures", "tqdm"})
+
+
+def _tools_module(name: str, command: str) -> Any:
+    """`rerank_proxy_tools.<name>`, imported only by the command that needs it, so `serve` runs without the tools.
+    None, with a message on stderr, when the tools package or a dependency of its extra is missing."""
+    try:
+        return importlib.import_module(f"rerank_proxy_tools.{name}")
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in _TOOLS_IMPORTS:
+            raise
+        print(f"rerank-proxy {command} needs the tools extra: pip install 'rerank-proxy[tools]' ({err})",
+              file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,15 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve_forever(_serve(args.config, args.listen, args.upstream, args.admin_listen))
         if args.command == "eval":
-            from .evaluate import EvalOptions, run_eval
-
+            evaluate = _tools_module("evaluate", "eval")
+            if evaluate is None:
+                return 2
             signal.signal(signal.SIGTERM, _interrupt)  # unwind, so an index the eval created is deleted
-            return run_eval(EvalOptions.from_namespace(args))
-        from .demo import run_demo
-
+            return int(evaluate.run_eval(evaluate.EvalOptions.from_namespace(args)))
+        demo = _tools_module("demo", "demo")
+        if demo is None:
+            return 2
         signal.signal(signal.SIGTERM, _interrupt)  # unwind, so the demo's cluster is stopped, not orphaned
         return _serve_forever(
-            run_demo(args.flavor, args.port, args.queries, args.evaluate, serve=not args.no_serve)
+            demo.run_demo(args.flavor, args.port, args.queries, args.evaluate, serve=not args.no_serve)
         )
     except ConfigError as err:
         print(f"rerank-proxy: bad configuration, not starting:\n{err}", file=sys.stderr)

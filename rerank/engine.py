@@ -1020,7 +1020,11 @@ class ScoringEngine:
         for worker in self._workers.values():
             worker.launch(self._loader)
         if wait:
-            await asyncio.gather(*(w.first_attempt() for w in self._workers.values()))
+            await self.first_attempts()
+
+    async def first_attempts(self) -> None:
+        """Returns once every model has finished its first load attempt (loaded, or failed and retrying)."""
+        await asyncio.gather(*(w.first_attempt() for w in self._workers.values()))
 
     def states(self) -> dict[str, str]:
         """Per model: ready, loading, `error: <Type>: <message> (retrying in <N>s)`, circuit-open, half-open or

@@ -1,4 +1,5 @@
-"""Builds proxy/demo_data/scifact-sample.json.gz from ../shared/data/scifact (run once; the output is committed).
+"""Builds rerank_proxy_tools/demo_data/scifact-sample.json.gz from ../shared/data/scifact (run once; the output is
+committed): `python -m scripts.make_demo_sample [SCIFACT_FOLDER]` from the repository root.
 
 The sample keeps every document judged for the test queries plus a seeded random draw of the rest, so the demo's
 NDCG is computed on real judgments over a corpus big enough for BM25 to make mistakes.
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 src = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/scifact")
-out = Path(__file__).resolve().parents[1] / "proxy" / "demo_data" / "scifact-sample.json.gz"
+out = Path(__file__).resolve().parents[1] / "rerank_proxy_tools" / "demo_data" / "scifact-sample.json.gz"
 corpus = [json.loads(line) for line in (src / "corpus.jsonl").open()]
 queries = {q["_id"]: q["text"] for q in map(json.loads, (src / "queries.jsonl").open())}
 qrels: dict[str, dict[str, int]] = {}

@@ -4,12 +4,13 @@ The library needs transformers < 5 and the project runs transformers 5, so this 
 
     python3 -m venv /tmp/mxbai-ref
     /tmp/mxbai-ref/bin/pip install mxbai-rerank 'transformers<5' torch
-    /tmp/mxbai-ref/bin/python scripts/mxbai_reference.py            # every model below
-    /tmp/mxbai-ref/bin/python scripts/mxbai_reference.py tiny       # just one of them
+    /tmp/mxbai-ref/bin/python -m scripts.mxbai_reference            # every model below
+    /tmp/mxbai-ref/bin/python -m scripts.mxbai_reference tiny       # just one of them
 
-It builds the same seeded random Qwen2 folders the tests build (`tests/qwen.py`, which is independent of the
-transformers version): tiny with the tests' small BPE, tiny with Qwen's own tokenizer (its vocabulary fetched once
-from PyPI), and base-v2's shapes. It scores fixed cases with `MxbaiRerankV2` in float32 on CPU, and writes
+From the repository root, which `-m` puts on the path. It builds the same seeded random Qwen2 folders the tests
+build (`rerank_proxy_tools/qwen.py`, which is independent of the transformers version): tiny with the tests' small
+BPE, tiny with Qwen's own tokenizer (its vocabulary fetched once from PyPI), and base-v2's shapes. It scores fixed
+cases with `MxbaiRerankV2` in float32 on CPU, and writes
 `tests/fixtures/mxbai_reference_<model>.json`: per case the inputs, the reference's token ids per pair (padding
 stripped) and its scores, plus fingerprints of the weights and tokenizer so a test can tell "our scores differ"
 from "we scored a different model".
@@ -18,18 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from tests.qwen import (  # noqa: E402
+from rerank_proxy_tools.qwen import (
     BASE_V2_CONFIG,
     TINY_CONFIG,
     TINY_QWEN_VOCAB_CONFIG,
@@ -39,6 +36,8 @@ from tests.qwen import (  # noqa: E402
     make_tiny_qwen2_qwen_vocab,
     tokenizer_sha256,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FIXTURES = ROOT / "tests" / "fixtures"
 QUERY = "How does a lack of vitamin C affect sailors on long voyages?"

@@ -7,7 +7,7 @@ it. Each test runs as the clusters' own runners run it: the file's `setup`, the 
 cluster is wiped (indices, data streams, templates, pipelines, stored scripts, snapshot repositories, cluster
 settings). The suite wipes the cluster: never point it at a cluster that holds anything you want to keep.
 
-    python scripts/rest_suite.py --url http://127.0.0.1:19301 --suite /tmp/rest-suites/opensearch \
+    python -m scripts.rest_suite --url http://127.0.0.1:19301 --suite /tmp/rest-suites/opensearch \
         --json out.json [--only PATTERN] [--headers 'X-Rerank-Variant: control'] [--trace]
 
 Per test: pass, fail (with the first failing assertion) or skip (with the reason). `--trace` also keeps, for every

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from proxy.beir import CORPUS, QUERIES, iter_corpus, read_qrels, read_queries
+from rerank_proxy_tools.beir import CORPUS, QUERIES, iter_corpus, read_qrels, read_queries
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """Shared fixtures: real Elasticsearch/OpenSearch clusters and BEIR data loaded into them.
 
 Clusters start once per session, on first use, and stop at the end. To iterate faster, point the suite at
-clusters you already run (`python -m proxy.localcluster run elasticsearch`) with RERANK_TEST_ES_URL /
+clusters you already run (`python -m rerank_proxy_tools.localcluster run elasticsearch`) with RERANK_TEST_ES_URL /
 RERANK_TEST_OS_URL. Every test that uses a cluster fixture is marked `integration` automatically, so
 `pytest -m "not integration"` runs without Java.
 """
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from proxy.localcluster import LocalCluster
+from rerank_proxy_tools.localcluster import LocalCluster
 from tests.beir import corpus_size, data_root, load_beir_corpus
 
 SCIFACT_INDEX = "scifact"

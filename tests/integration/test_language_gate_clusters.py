@@ -9,6 +9,7 @@ import re
 import orjson
 import pytest
 
+from rerank_proxy_tools import indexing
 from tests.beir import data_root
 from tests.integration.conftest import raw, without_took
 from tests.proxyrunner import MINILM, RunningProxy
@@ -41,15 +42,8 @@ def documents() -> list[dict]:
 
 
 def load_index(url: str, index: str, docs: list[dict]) -> None:
-    raw("DELETE", f"{url}/{index}")
     body = {"settings": SETTINGS, "mappings": {"properties": {"text": {"type": "text"}}}}
-    assert raw("PUT", f"{url}/{index}", orjson.dumps(body)).status == 200
-    bulk = b"".join(
-        orjson.dumps({"index": {"_index": index, "_id": d["_id"]}}) + b"\n" + orjson.dumps({"text": d["text"]}) + b"\n"
-        for d in docs
-    )
-    reply = raw("POST", f"{url}/_bulk?refresh=true", bulk, {"Content-Type": "application/x-ndjson"})
-    assert reply.status == 200 and not orjson.loads(reply.body)["errors"]
+    indexing.load_index(url, index, docs, body=body, recreate=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.localcluster import DEFAULT_VERSIONS, ClusterStartError, LocalCluster
+from rerank_proxy_tools.localcluster import DEFAULT_VERSIONS, ClusterStartError, LocalCluster
 
 
 @pytest.mark.integration
@@ -180,7 +180,7 @@ def fake_central(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     import http.server
     import threading
 
-    import proxy.localcluster as localcluster
+    import rerank_proxy_tools.localcluster as localcluster
 
     repo = tmp_path / "central"
     repo.mkdir()
@@ -224,7 +224,7 @@ def _publish_zip(repo: Path, version: str, *, sha1: str | None = None) -> None:
 
 
 def test_fetch_without_maven_downloads_unpacks_executable_and_caches(fake_central: Path) -> None:
-    from proxy.localcluster import fetch_distribution
+    from rerank_proxy_tools.localcluster import fetch_distribution
 
     _publish_zip(fake_central, "9.9.1")
     home = fetch_distribution("opensearch", "9.9.1")
@@ -245,7 +245,7 @@ def test_fetch_without_maven_downloads_unpacks_executable_and_caches(fake_centra
 
 
 def test_fetch_rejects_a_download_with_the_wrong_checksum(fake_central: Path) -> None:
-    from proxy.localcluster import cache_dir, fetch_distribution
+    from rerank_proxy_tools.localcluster import cache_dir, fetch_distribution
 
     _publish_zip(fake_central, "9.9.2", sha1="0" * 40)
     with pytest.raises(RuntimeError, match="checksum mismatch"):

@@ -25,8 +25,8 @@ from rerank.backend import ModelLoadError
 from rerank.registry import load_scorer
 from rerank.remote import RemoteScorer, backoff_s, parse_scores, request_body, service_message
 from rerank.spec import ModelSpec
+from rerank_proxy_tools.models import make_tiny_cross_encoder
 from tests.infinity import InfinityServer, free_port
-from tests.models import make_tiny_cross_encoder
 
 pytestmark = pytest.mark.integration  # a real reranking server (Infinity) in its own venv
 

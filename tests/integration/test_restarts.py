@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from rerank.loading import resolve_source
+from rerank_proxy_tools.models import make_tiny_cross_encoder
 from tests.infinity import InfinityServer
 from tests.integration.conftest import Raw, proxy_config, raw
-from tests.models import make_tiny_cross_encoder
 from tests.proxyrunner import MINILM
 from tests.serveprocess import Serve
 from tests.toxiproxy import Toxiproxy, running_toxiproxy

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from benchmarks import anchors, soak
+from benchmarks import soak
+from rerank_proxy_tools import anchors
 from tests.proxyrunner import MINILM
 
 pytestmark = pytest.mark.integration

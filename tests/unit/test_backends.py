@@ -20,7 +20,7 @@ from rerank.cross_encoder import CrossEncoderScorer
 from rerank.loading import pick_device, resolve_source
 from rerank.registry import load_scorer
 from rerank.spec import CPU_BATCH_TOKENS, ModelSpec
-from tests.models import MINILM_PACKAGE, MINILM_SOURCE, make_tiny_cross_encoder
+from rerank_proxy_tools.models import MINILM_PACKAGE, MINILM_SOURCE, make_tiny_cross_encoder
 
 QUERIES = ["vitamin C deficiency causes scurvy", "smoking increases the risk of lung cancer"]
 # Short biomedical claims and abstract sentences in the style of SciFact.

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from proxy.beir import BeirError, document_source, load_collection, read_qrels
-from proxy.evaluate import (
+from rerank.text import build_document_text
+from rerank_proxy_tools.beir import BeirError, document_source, load_collection, read_qrels
+from rerank_proxy_tools.evaluate import (
     EvalError,
     EvalOptions,
     EvalResult,
@@ -26,8 +27,7 @@ from proxy.evaluate import (
     text_fields,
     write_json,
 )
-from rerank.text import build_document_text
-from tests.models import minilm_dir
+from rerank_proxy_tools.models import minilm_dir
 
 CORPUS = ['{"_id": "d1", "title": "Cats", "text": "cats purr"}', '{"_id": "d2", "title": "", "text": "dogs bark"}']
 QUERIES = ['{"_id": "q1", "text": "purring"}', '{"_id": "q2", "text": "barking"}', '{"_id": "q3", "text": "unjudged"}']

@@ -1,4 +1,4 @@
-"""The relay benchmarks' reference arms (benchmarks/anchors.py) on CPU: the nginx and HAProxy configs they render
+"""The relay benchmarks' reference arms (rerank_proxy_tools/anchors.py) on CPU: the nginx and HAProxy configs they render
 are accepted by the real binaries and relay a request with the target and keep-alive intact, so a benchmark run never
 starts by finding them broken. Needs the Debian packages `nginx` and `haproxy` (CI installs them); skipped without."""
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import anchors, passthrough_cpu
+from benchmarks import passthrough_cpu
+from rerank_proxy_tools import anchors
 
 NGINX = anchors.find_binary("nginx")
 HAPROXY = anchors.find_binary("haproxy")

@@ -4,7 +4,7 @@ import pytest
 
 from rerank.bi_encoder import BiEncoderScorer
 from rerank.spec import ModelSpec
-from tests.models import MINILM_SOURCE
+from rerank_proxy_tools.models import MINILM_SOURCE
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 DOCS = ["Vitamin D and bone density.", "Smoking causes lung cancer.", "A short one.", "Vitamin D and bone density."]

@@ -19,8 +19,8 @@ from torch._dynamo.utils import counters
 from rerank import loading
 from rerank.registry import load_scorer
 from rerank.spec import ModelSpec
-from tests.models import MINILM_SOURCE, make_tiny_cross_encoder
-from tests.qwen import make_tiny_qwen2
+from rerank_proxy_tools.models import MINILM_SOURCE, make_tiny_cross_encoder
+from rerank_proxy_tools.qwen import make_tiny_qwen2
 
 QUERY = "vitamin C deficiency causes scurvy"
 DOCS = [

@@ -494,20 +494,20 @@ async def engine_matches_direct_scores(spec: ModelSpec) -> None:
 
 
 async def test_engine_scores_equal_direct_scores_with_minilm_bi_encoder() -> None:
-    from tests.models import MINILM_SOURCE
+    from rerank_proxy_tools.models import MINILM_SOURCE
 
     await engine_matches_direct_scores(ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, batch_size=4))
 
 
 async def test_engine_scores_equal_direct_scores_with_a_cross_encoder(tmp_path: Path) -> None:
-    from tests.models import make_tiny_cross_encoder
+    from rerank_proxy_tools.models import make_tiny_cross_encoder
 
     folder = make_tiny_cross_encoder(tmp_path / "ce")
     await engine_matches_direct_scores(ModelSpec(backend="cross-encoder", source=str(folder), batch_size=4))
 
 
 async def test_engine_scores_equal_direct_scores_with_mxbai_v2(tmp_path: Path) -> None:
-    from tests.qwen import make_tiny_qwen2
+    from rerank_proxy_tools.qwen import make_tiny_qwen2
 
     make_tiny_qwen2(tmp_path / "qwen")
     await engine_matches_direct_scores(ModelSpec(backend="mxbai-v2", source=str(tmp_path / "qwen"), batch_size=4))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_bench, gpu_profile
-from tests.qwen import qwen_vocab_tokenizer
+from rerank_proxy_tools.qwen import qwen_vocab_tokenizer
 
 
 def table_rows(text: str, first_cell: str) -> list[list[str]]:

@@ -29,7 +29,7 @@ from rerank.mxbai import (
 )
 from rerank.registry import load_scorer
 from rerank.spec import ModelSpec
-from tests.qwen import (
+from rerank_proxy_tools.qwen import (
     TINY_CONFIG,
     TINY_STD,
     loaded_weights_sha256,
@@ -332,7 +332,7 @@ def assert_parity(folder: Path, built_sha: str, reference: dict[str, Any], case:
 
 # The tiny model under the tests' small BPE, and under Qwen's own tokenizer: its 151,643 tokens merge across far more
 # piece boundaries than the small BPE's 600, and the ids built piece by piece must still be the library's. Qwen's
-# vocabulary comes from PyPI the first time (tests/qwen.py: fetch_qwen_vocab), then from .cache.
+# vocabulary comes from PyPI the first time (rerank_proxy_tools/qwen.py: fetch_qwen_vocab), then from .cache.
 TINY_MODELS = {"tiny": make_tiny_qwen2, "tiny-qwen-vocab": make_tiny_qwen2_qwen_vocab}
 TINY_REFERENCES = {name: fixture(name) for name in TINY_MODELS}
 

@@ -14,8 +14,8 @@ folders, so several can share one unpacked distribution.
     with LocalCluster("elasticsearch") as cluster:
         url = cluster.url          # http://127.0.0.1:PORT, health yellow or green
 
-CLI: `python -m proxy.localcluster fetch` (pre-warm the cache) and
-`python -m proxy.localcluster run elasticsearch|opensearch [--port N]` (serve until Ctrl-C).
+CLI: `python -m rerank_proxy_tools.localcluster fetch` (pre-warm the cache) and
+`python -m rerank_proxy_tools.localcluster run elasticsearch|opensearch [--port N]` (serve until Ctrl-C).
 """
 from __future__ import annotations
 
@@ -556,7 +556,8 @@ class LocalCluster:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m proxy.localcluster", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rerank_proxy_tools.localcluster",
+                                     description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("fetch", help="download and unpack both distributions into the cache")
     run = sub.add_parser("run", help="start a cluster, print its URL and serve until Ctrl-C")

@@ -26,8 +26,11 @@ import ir_measures
 import orjson
 from ir_measures import RR, R, nDCG
 
+from proxy.config import Config, ConfigError, RerankSettings, load_config, parse_config
+
+from . import indexing
 from .beir import BeirError, Collection, document_source, iter_corpus, load_collection
-from .config import Config, ConfigError, RerankSettings, load_config, parse_config
+from .indexing import IndexingError, reason
 
 RUN_BM25 = "bm25"
 RUN_RERANKED = "reranked"
@@ -36,7 +39,6 @@ TEXT_FIELDS = ("title", "text")
 DEFAULT_WINDOW = 100
 FUSION = {"mode": "linear", "weight": 0.7}
 MIN_HITS = 100  # Recall@100 needs 100 hits whatever the window
-BULK_DOCS = 500
 MEASURES = {"ndcg@10": nDCG @ 10, "mrr@10": RR @ 10, "recall@100": R @ 100}
 # One shard: BM25 statistics, and so the order the proxy reranks, are exact and repeatable.
 INDEX_SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0}
@@ -366,40 +368,30 @@ async def _json(response: aiohttp.ClientResponse) -> Any:
         return data.decode("utf-8", "replace")
 
 
-def _reason(document: Any) -> str:
-    """The cluster's error reason, else the start of the body."""
-    if isinstance(document, dict) and isinstance(document.get("error"), dict):
-        return str(document["error"].get("reason") or document["error"])
-    return str(document)[:300]
-
-
 async def check_analyzer(http: aiohttp.ClientSession, cluster: str, analyzer: str) -> None:
     async with http.post(f"{cluster}/_analyze", json={"analyzer": analyzer, "text": "check"}) as response:
         if response.status == 200:
             return
-        reason = _reason(await _json(response))
+        why = reason(await _json(response))
     raise EvalError(
-        f"--analyzer {analyzer}: the cluster at {cluster} has no such analyzer ({reason}). Language analyzers "
-        "live in the analysis-common module (which `proxy.localcluster` installs into OpenSearch, but which no "
+        f"--analyzer {analyzer}: the cluster at {cluster} has no such analyzer ({why}). Language analyzers live in "
+        "the analysis-common module (which `rerank_proxy_tools.localcluster` installs into OpenSearch, but which no "
         "Elasticsearch integ-test-zip has); `standard` always exists.", 2
     )
 
 
-async def _count(http: aiohttp.ClientSession, cluster: str, index: str) -> int:
-    async with http.post(f"{cluster}/{quote(index)}/_refresh") as response:
-        response.raise_for_status()
-    async with http.get(f"{cluster}/{quote(index)}/_count") as response:
-        response.raise_for_status()
-        return int((await _json(response))["count"])
+async def _document_count(cluster: str, index: str) -> int | None:
+    try:
+        return await asyncio.to_thread(indexing.document_count, cluster, index)
+    except IndexingError as err:
+        raise EvalError(str(err)) from None
 
 
-async def existing_index(http: aiohttp.ClientSession, cluster: str, index: str, expected: int) -> bool:
+async def existing_index(cluster: str, index: str, expected: int) -> bool:
     """True when `index` exists holding `expected` documents (reuse it); EvalError when it holds another number."""
-    async with http.head(f"{cluster}/{quote(index)}") as response:
-        if response.status == 404:
-            return False
-        response.raise_for_status()
-    count = await _count(http, cluster, index)
+    count = await _document_count(cluster, index)
+    if count is None:
+        return False
     if count != expected:
         raise EvalError(
             f"index {index} already exists in {cluster} with {count:,} documents, but the corpus has {expected:,}; "
@@ -408,48 +400,32 @@ async def existing_index(http: aiohttp.ClientSession, cluster: str, index: str, 
     return True
 
 
-async def create_index(http: aiohttp.ClientSession, cluster: str, index: str, body: Mapping[str, Any]) -> None:
-    async with http.put(f"{cluster}/{quote(index)}", json=body) as response:
-        if response.status != 200:
-            raise EvalError(f"creating index {index} failed: {_reason(await _json(response))}",
-                            2 if response.status == 400 else 1)
+async def create_index(cluster: str, index: str, body: Mapping[str, Any]) -> None:
+    try:
+        await asyncio.to_thread(indexing.create_index, cluster, index, body)
+    except IndexingError as err:
+        raise EvalError(str(err), 2 if err.status == 400 else 1) from None
 
 
-async def bulk_load(
-    http: aiohttp.ClientSession, cluster: str, index: str, collection: Collection, structured: bool
-) -> None:
-    """The corpus in chunks of BULK_DOCS (see `document_source`), a progress bar on a terminal, then a count check."""
+async def bulk_load(cluster: str, index: str, collection: Collection, structured: bool) -> None:
+    """The corpus in chunks of `indexing.BULK_DOCS` (see `document_source`), a progress bar on a terminal, then a
+    count check."""
     from tqdm import tqdm
 
     total = len(collection.doc_ids)
     started = time.perf_counter()
+    bodies = indexing.bulk_bodies(iter_corpus(collection.corpus_file), source=lambda d: document_source(d, structured))
     with tqdm(total=total, unit="doc", desc=f"indexing {index}", file=sys.stderr, disable=None) as progress:
-        chunk: list[bytes] = []
-        for doc in iter_corpus(collection.corpus_file):
-            chunk += [orjson.dumps({"index": {"_id": doc["_id"]}}), orjson.dumps(document_source(doc, structured))]
-            if len(chunk) >= 2 * BULK_DOCS:
-                await _bulk(http, cluster, index, chunk)
-                progress.update(len(chunk) // 2)
-                chunk = []
-        if chunk:
-            await _bulk(http, cluster, index, chunk)
-            progress.update(len(chunk) // 2)
-    count = await _count(http, cluster, index)
+        for body, carried in bodies:  # a request at a time off the loop: an interrupt stops the load between two
+            try:
+                await asyncio.to_thread(indexing.send_bulk, cluster, index, body)
+            except IndexingError as err:
+                raise EvalError(str(err)) from None
+            progress.update(carried)
+    count = await _document_count(cluster, index)
     if count != total:
-        raise EvalError(f"index {index}: {count:,} documents after loading {total:,}")
+        raise EvalError(f"index {index}: {count or 0:,} documents after loading {total:,}")
     print(f"indexed {total:,} documents into {index} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-
-
-async def _bulk(http: aiohttp.ClientSession, cluster: str, index: str, lines: list[bytes]) -> None:
-    body = b"\n".join(lines) + b"\n"
-    headers = {"Content-Type": "application/x-ndjson"}
-    async with http.post(f"{cluster}/{quote(index)}/_bulk", data=body, headers=headers) as response:
-        result = await _json(response)
-    if response.status != 200 or not isinstance(result, dict) or result.get("errors"):
-        items = result.get("items", []) if isinstance(result, dict) else []
-        failed = [item for item in items if item.get("index", {}).get("error")]
-        detail = _reason({"error": failed[0]["index"]["error"]}) if failed else _reason(result)
-        raise EvalError(f"bulk indexing into {index} failed: {detail}")
 
 
 async def searched_fields(http: aiohttp.ClientSession, cluster: str, index: str) -> list[str]:
@@ -457,17 +433,18 @@ async def searched_fields(http: aiohttp.ClientSession, cluster: str, index: str)
     async with http.get(f"{cluster}/{quote(index)}/_mapping") as response:
         document = await _json(response)
     if response.status != 200:
-        raise EvalError(f"reading the mapping of {index} failed: {_reason(document)}")
+        raise EvalError(f"reading the mapping of {index} failed: {reason(document)}")
     fields = [f for mapping in document.values() for f in text_fields(mapping["mappings"].get("properties", {}))]
     if not fields:
         raise EvalError(f"index {index} has no text field to search")
     return fields
 
 
-async def delete_index(http: aiohttp.ClientSession, cluster: str, index: str) -> None:
-    async with http.delete(f"{cluster}/{quote(index)}") as response:
-        if response.status not in (200, 404):
-            print(f"warning: could not delete index {index}: {_reason(await _json(response))}", file=sys.stderr)
+async def delete_index(cluster: str, index: str) -> None:
+    try:
+        await asyncio.to_thread(indexing.delete_index, cluster, index)
+    except IndexingError as err:
+        print(f"warning: {err}", file=sys.stderr)
 
 
 # ---- searching ------------------------------------------------------------------------------------------------
@@ -498,7 +475,7 @@ async def search_runs(
                 document = await _json(response)
                 status = response.headers.get("X-Rerank-Status")
             if response.status != 200:
-                raise EvalError(f"run {run}, query {qid}: the proxy answered {response.status}: {_reason(document)}")
+                raise EvalError(f"run {run}, query {qid}: the proxy answered {response.status}: {reason(document)}")
             found = document["hits"]["hits"]
             # Scores by rank: ir_measures sorts by score, and the proxy's order is what is measured.
             hits[run][qid] = {hit["_id"]: float(len(found) - rank) for rank, hit in enumerate(found)}
@@ -571,17 +548,14 @@ def plan(options: EvalOptions) -> _Plan:
 
 async def evaluate(options: EvalOptions) -> EvalResult:
     """The whole benchmark; prints progress to stderr and returns the scores (nothing is printed to stdout)."""
-    from .server import start_server
+    from proxy.server import start_server
 
     todo = plan(options)
     cluster = options.upstream
     created = False
     async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as http:
         try:
-            try:
-                reused = await existing_index(http, cluster, todo.index, len(todo.collection.doc_ids))
-            except aiohttp.ClientConnectionError as err:
-                raise EvalError(f"cannot reach the cluster at {cluster}: {err}") from None
+            reused = await existing_index(cluster, todo.index, len(todo.collection.doc_ids))
             if reused:
                 ignored = " (--mapping/--analyzer not applied)" if options.mapping or options.analyzer else ""
                 print(f"reusing index {todo.index}: it holds the {len(todo.collection.doc_ids):,} documents{ignored}",
@@ -589,9 +563,9 @@ async def evaluate(options: EvalOptions) -> EvalResult:
             else:
                 if options.analyzer:
                     await check_analyzer(http, cluster, options.analyzer)
-                await create_index(http, cluster, todo.index, todo.body)
+                await create_index(cluster, todo.index, todo.body)
                 created = True
-                await bulk_load(http, cluster, todo.index, todo.collection, options.structured)
+                await bulk_load(cluster, todo.index, todo.collection, options.structured)
             fields = await searched_fields(http, cluster, todo.index)
             serving = None
             proxy = options.proxy
@@ -609,7 +583,7 @@ async def evaluate(options: EvalOptions) -> EvalResult:
                     await serving.cleanup()
         finally:
             if created and not options.keep:
-                await delete_index(http, cluster, todo.index)
+                await delete_index(cluster, todo.index)
     result = EvalResult(todo.collection.name, todo.index, len(todo.collection.doc_ids), len(todo.queries), todo.size)
     for run in todo.runs:
         means, per_query = score_run(todo.collection.qrels, hits[run], list(todo.queries))

@@ -14,12 +14,13 @@ from typing import Any
 
 import aiohttp
 import ir_measures
-import orjson
 from ir_measures import nDCG
 
-from .config import parse_config
+from proxy.config import parse_config
+from proxy.server import start_server
+
+from . import indexing
 from .localcluster import LocalCluster
-from .server import start_server
 
 INDEX = "scifact"
 MAPPING = {"mappings": {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}}}
@@ -41,28 +42,15 @@ def demo_config(port: int, upstream: str) -> dict[str, Any]:
 
 
 def load_sample() -> dict[str, Any]:
-    data = resources.files("proxy").joinpath("demo_data/scifact-sample.json.gz").read_bytes()
+    data = resources.files("rerank_proxy_tools").joinpath("demo_data/scifact-sample.json.gz").read_bytes()
     sample: dict[str, Any] = json.loads(gzip.decompress(data))
     return sample
 
 
-async def index_sample(http: aiohttp.ClientSession, cluster: str, corpus: list[dict[str, Any]]) -> None:
-    async with http.head(f"{cluster}/{INDEX}") as response:
-        if response.status == 200:
-            return
-    async with http.put(f"{cluster}/{INDEX}", json=MAPPING) as response:
-        response.raise_for_status()
-    lines = []
-    for doc in corpus:
-        source = {"title": doc["title"], "text": doc["text"]}
-        lines += [orjson.dumps({"index": {"_id": doc["_id"]}}), orjson.dumps(source)]
-    body = b"\n".join(lines) + b"\n"
-    async with http.post(
-        f"{cluster}/{INDEX}/_bulk?refresh=true", data=body, headers={"Content-Type": "application/x-ndjson"}
-    ) as response:
-        result = await response.json()
-        if response.status != 200 or result.get("errors"):
-            raise RuntimeError(f"bulk indexing failed: {str(result)[:500]}")
+async def index_sample(cluster: str, corpus: list[dict[str, Any]]) -> None:
+    """The sample's title and text under its own ids; an index that already holds it is kept."""
+    await asyncio.to_thread(indexing.load_index, cluster, INDEX, corpus, body=MAPPING,
+                            source=lambda doc: {"title": doc["title"], "text": doc["text"]})
 
 
 async def search(http: aiohttp.ClientSession, proxy: str, query: str, rerank: bool) -> tuple[list[dict[str, Any]], str]:
@@ -93,7 +81,7 @@ async def run_demo(flavor: str, port: int, shown: int, evaluated: int, *, serve:
         try:
             async with aiohttp.ClientSession() as http:
                 print(f"Indexing {len(sample['corpus'])} SciFact abstracts into {cluster_url}/{INDEX} ...", flush=True)
-                await index_sample(http, cluster_url, sample["corpus"])
+                await index_sample(cluster_url, sample["corpus"])
                 await compare(http, proxy_url, sample, shown, evaluated)
             if serve:
                 print(f"\nThe proxy is serving at {proxy_url} in front of {cluster_url}. Try:")
