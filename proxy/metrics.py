@@ -1,14 +1,42 @@
 """Prometheus metrics of the HTTP side, recorded where each decision is made."""
+from __future__ import annotations
+
 import functools
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-REQUESTS = Counter("rerank_proxy_requests_total", "requests by route kind", ["kind"])
-SEARCHES = Counter(
+
+class Tally(Collector):
+    """A labelled counter bumped on every request: a dict entry per label set, read when scraped. A prometheus
+    Counter child takes a lock per increment, which costs more than the relay's own work for a request; this is
+    only ever bumped from the event loop's thread."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]):
+        self.name = name.removesuffix("_total")
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.counts: dict[tuple[str, ...], int] = {}
+        REGISTRY.register(self)
+
+    def inc(self, *labels: str) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, count in list(self.counts.items()):
+            family.add_metric(labels, count)
+        yield family
+
+
+REQUESTS = Tally("rerank_proxy_requests_total", "requests by route kind", ["kind"])
+SEARCHES = Tally(
     "rerank_proxy_searches_total", "searches by outcome (reranked, skipped, fallback, partial)",
     ["outcome", "reason", "variant"],
 )
-VARIANTS = Counter("rerank_proxy_variant_total", "searches by A/B variant and how it was chosen", ["variant", "how"])
+VARIANTS = Tally("rerank_proxy_variant_total", "searches by A/B variant and how it was chosen", ["variant", "how"])
 FALLBACKS = Counter("rerank_proxy_fallbacks_total", "searches served in the cluster's order", ["model", "reason"])
 UPSTREAM_ERRORS = Counter(
     "rerank_proxy_upstream_errors_total", "requests answered by the proxy because the cluster could not be asked "
@@ -24,7 +52,7 @@ RELOADS = Counter("rerank_proxy_config_reloads_total", "config reloads", ["resul
 def record_search(status: str, variant: str) -> None:
     outcome, _, rest = status.partition(";")
     reason = rest.strip().removeprefix("reason=") if outcome in ("skipped", "fallback") else ""
-    counter(SEARCHES, outcome.strip(), reason, variant).inc()
+    SEARCHES.inc(outcome.strip(), reason, variant)
 
 
 @functools.lru_cache(maxsize=1024)

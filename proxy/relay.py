@@ -1,10 +1,15 @@
 """The data port: HTTP/1.1 from clients, parsed by llhttp (httptools), relayed to the cluster byte for byte.
 
-Each client connection is an asyncio protocol with one worker task that serves its requests in order (pipelined
-ones wait their turn). A request the application does not claim (everything but searches and the proxy's own
-paths) is passed through: its head goes upstream as the client sent it, less the hop-by-hop headers, its body
-streams both ways with back-pressure, and the cluster's response streams back the same way. A claimed request is
-read whole and answered by the application, which may still ask for it to be passed through (a skipped search).
+Each client connection is an asyncio protocol that serves its requests in order (pipelined ones wait their turn).
+A request the application does not claim (everything but searches and the proxy's own paths) is passed through:
+its head goes upstream as the client sent it, less the hop-by-hop headers, its body streams both ways with
+back-pressure, and the cluster's response streams back the same way. A claimed request is read whole and answered
+by the application, which may still ask for it to be passed through (a skipped search).
+
+The usual request (whole in one read, passed through, an idle cluster connection at hand) is served from the
+protocol's callbacks alone: sent upstream as it is parsed, answered as the cluster's answer is parsed. Anything
+that must wait (a body still arriving, a connection to open, a search to read, an error to answer after a
+retry) goes to the connection's worker task, which serves the queue in order.
 """
 from __future__ import annotations
 
@@ -51,7 +56,8 @@ class Application(Protocol):
     def upstream(self) -> Upstream: ...
 
     def claims(self, head: RequestHead) -> object | None:
-        """A route for a request the application answers itself (given back to `handle`); None: pass it through."""
+        """A route for a request the application answers itself (given back to `handle`); None: pass it through;
+        a PassThrough: pass it through so (decided on the head alone)."""
 
     async def handle(self, request: Incoming, route: Any) -> Reply | PassThrough: ...
 
@@ -124,6 +130,16 @@ class ClientBody:
         if self.finished:
             exchange.end_body()
 
+    def whole(self) -> bytes:
+        """A finished body's bytes, kept (for a caller that may still hand the request on): `consume` drops them."""
+        if len(self.chunks) > 1:
+            self.chunks = [b"".join(self.chunks)]
+        return self.chunks[0] if self.chunks else b""
+
+    def consume(self) -> None:
+        self._continue()
+        self._release()
+
     async def read(self, limit: int) -> bytes | None:
         """The whole body, or None when it is larger than `limit` (what was read so far stays buffered)."""
         self._continue()
@@ -156,8 +172,9 @@ class ClientBody:
         return self.finished
 
     def _release(self) -> None:
-        self.conn.buffered -= sum(len(c) for c in self.chunks)
-        self.chunks = []
+        if self.chunks:
+            self.conn.buffered -= sum(map(len, self.chunks))
+            self.chunks = []
         self.conn.resume_reading()
 
     def _wake(self) -> None:
@@ -165,10 +182,15 @@ class ClientBody:
             self._waiter.set_result(None)
 
 
+_UNDECIDED = object()
+
+
 @dataclass(slots=True)
 class Incoming:
     head: RequestHead
     body: ClientBody
+    decision: object = _UNDECIDED  # what `Application.claims` said, asked once
+    fresh: bool = False  # send it on a new cluster connection: a kept one closed under it, unanswered
 
 
 class _ClientSink:
@@ -281,6 +303,7 @@ class ClientConnection(asyncio.Protocol):
         self._parsing: Incoming | None = None
         self._head: RequestHead | None = None
         self._url: list[bytes] = []
+        self._url_size = 0
         self._worker: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self.reading_paused = False
@@ -288,6 +311,8 @@ class ClientConnection(asyncio.Protocol):
         self._broken: Reply | None = None  # a request that could not be parsed: answered after those before it
         self._in_message = False  # between a request's first byte and its last
         self._raw_target: bytes | None = None  # the target as sent, where the parser was given a masked copy
+        self._fast: Incoming | None = None  # the request served from callbacks, while its exchange runs
+        self._fast_exchange: Exchange | None = None
         self.lost = False
 
     # -- asyncio.Protocol --
@@ -312,12 +337,15 @@ class ClientConnection(asyncio.Protocol):
             self._upgrade()
         except httptools.HttpParserError as err:
             self._unparseable(err)
+        self._dispatch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.forget(self)
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()  # its upstream exchange is aborted and its pool slot freed
+        if self._fast_exchange is not None:
+            self._fast_exchange.abandon()
         self._wake()
 
     def pause_writing(self) -> None:
@@ -349,11 +377,13 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._head = RequestHead()
         self._url = []
+        self._url_size = 0
         self._in_message = True
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        if sum(map(len, self._url)) > MAX_TARGET_BYTES:
+        self._url_size += len(url)
+        if self._url_size > MAX_TARGET_BYTES:
             raise _TooLarge(414, f"the request line is longer than {MAX_TARGET_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -382,10 +412,6 @@ class ClientConnection(asyncio.Protocol):
         self.queue.append(incoming)
         if len(self.queue) > MAX_QUEUED:
             self.pause_reading()
-        if self._worker is None:
-            self._worker = self.loop.create_task(self._work())
-        else:
-            self._wake()
 
     def on_body(self, chunk: bytes) -> None:
         self._parsing.body.feed(chunk)  # type: ignore[union-attr]
@@ -407,7 +433,12 @@ class ClientConnection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """No request being received, queued or served: closing now loses nothing."""
-        return not self._in_message and not self.queue and (self._worker is None or self._wakeup is not None)
+        return not self._in_message and not self.queue and self._fast is None and self._worker_waits
+
+    @property
+    def _worker_waits(self) -> bool:
+        """The worker has nothing to do (or was never needed), and has not been woken either."""
+        return self._worker is None or (self._wakeup is not None and not self._wakeup.done())
 
     def drain(self) -> None:
         """The server stops: an idle connection closes now, a busy one after the answers it owes."""
@@ -465,10 +496,6 @@ class ClientConnection(asyncio.Protocol):
         self._broken = es_error_reply(status, "illegal_argument_exception", message)
         self.pause_reading()
         self._parsing = None
-        if self._worker is None:
-            self._worker = self.loop.create_task(self._work())
-        else:
-            self._wake()
 
     def _upgrade(self) -> None:
         """`Upgrade` is hop-by-hop and not passed on: the request is served as a plain one (a `CONNECT` is refused
@@ -479,7 +506,80 @@ class ClientConnection(asyncio.Protocol):
         self.on_message_complete()
         self.pause_reading()
 
+    # -- serving from callbacks --
+
+    def _dispatch(self) -> None:
+        """After a read: the next request served at once if nothing else is being served and it needs no waiting,
+        else by the worker (a busy worker goes on to the queue by itself)."""
+        if self._fast is not None or not self._worker_waits:
+            return
+        if self.queue and self._broken is None and not self.lost and self._serve_at_once(self.queue[0]):
+            return
+        if self.queue or self._broken is not None:
+            self._run_worker()
+
+    def _serve_at_once(self, incoming: Incoming) -> bool:
+        head, body = incoming.head, incoming.body
+        if not body.finished or head.chunked or not head.target.startswith(b"/"):
+            return False
+        decision = self._decide(incoming)
+        extra: Sequence[bytes] = ()
+        if decision is None:
+            data = body.whole()
+        elif isinstance(decision, PassThrough):
+            data = body.whole() if decision.body is None else decision.body
+            extra = decision.extra_lines
+        else:
+            return False  # the application's to answer
+        framed, lines = _framing(head, data)
+        self._fast = incoming
+        exchange = self.server.app.upstream.start(
+            head.method, head.target, lines, data or None, _ClientSink(self, head, extra), self._served,
+            framed=framed, authorized=head.authorized,
+        )
+        if exchange is None:
+            self._fast = None
+            return False  # no idle connection: the worker opens one
+        self.queue.popleft()
+        self.resume_reading()
+        if not exchange.ended:
+            self._fast_exchange = exchange
+        return True
+
+    def _served(self, exchange: Exchange, error: UpstreamError | None) -> None:
+        """The end of a request served from callbacks (called as the cluster's last byte is parsed)."""
+        incoming, self._fast, self._fast_exchange = self._fast, None, None
+        if self.lost:
+            return
+        sink = exchange.sink
+        assert isinstance(sink, _ClientSink)
+        if error is None:
+            if sink.close:
+                self.close()
+                return
+        elif sink.started or sink.exchange is not None:
+            self.abort()  # the head went out: cutting the connection is the only honest way to say it broke
+            return
+        elif exchange.retryable and incoming is not None:
+            incoming.fresh = True  # once more, by the worker, on a new connection, with the body kept till now
+            self.queue.appendleft(incoming)
+            self._run_worker()
+            return
+        if incoming is not None:
+            incoming.body.consume()
+        if error is not None and not self._write_answer(sink.request, self._upstream_failure(error)):
+            self.close()
+            return
+        if self.queue or self._broken is not None or self.server.draining:
+            self._run_worker()  # never a new exchange from inside this one's parser callback
+
     # -- the worker --
+
+    def _run_worker(self) -> None:
+        if self._worker is None:
+            self._worker = self.loop.create_task(self._work())
+        else:
+            self._wake()
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -518,63 +618,74 @@ class ClientConnection(asyncio.Protocol):
             return await self._answer(head, incoming.body, es_error_reply(
                 400, "illegal_argument_exception",
                 f"{head.method} with a target that is not a path is not served: this is not a forward proxy"))
-        app = self.server.app
-        route = app.claims(head)
-        if route is not None:
-            try:
-                answer = await app.handle(incoming, route)
-            except UpstreamError as err:
-                return await self._upstream_failed(head, incoming.body, err)
-            except Exception as err:  # a bug of ours: said in the cluster's error format, the connection kept
-                log.exception("error handling %s %r", head.method, head.target)
-                return await self._answer(head, incoming.body, es_error_reply(
-                    500, "rerank_proxy_exception", f"{type(err).__name__}: {err}"))
-            if isinstance(answer, Reply):
-                return await self._answer(head, incoming.body, answer)
-            return await self._pass(incoming, answer.body, answer.extra_lines)
-        return await self._pass(incoming, None, ())
+        decision = self._decide(incoming)
+        if decision is None:
+            return await self._pass(incoming, None, ())
+        if isinstance(decision, PassThrough):
+            return await self._pass(incoming, decision.body, decision.extra_lines)
+        try:
+            answer = await self.server.app.handle(incoming, decision)
+        except UpstreamError as err:
+            return await self._answer(head, incoming.body, self._upstream_failure(err))
+        except Exception as err:  # a bug of ours: said in the cluster's error format, the connection kept
+            log.exception("error handling %s %r", head.method, head.target)
+            return await self._answer(head, incoming.body, es_error_reply(
+                500, "rerank_proxy_exception", f"{type(err).__name__}: {err}"))
+        if isinstance(answer, Reply):
+            return await self._answer(head, incoming.body, answer)
+        return await self._pass(incoming, answer.body, answer.extra_lines)
+
+    def _decide(self, incoming: Incoming) -> object | None:
+        if incoming.decision is _UNDECIDED:
+            incoming.decision = self.server.app.claims(incoming.head)
+        return incoming.decision
 
     async def _answer(self, head: RequestHead, body: ClientBody, reply: Reply) -> bool:
-        # A body the answer did not need is read and dropped, unless its client was never told to send it.
-        last = reply.close or self.closing or (
-            not body.finished and (body.awaits_continue or _declared(head) > DISCARD_LIMIT))
-        self.write(reply.serialize(head.version, close=last and head.keep_alive, head_only=head.method == "HEAD"))
-        if not head.keep_alive or last:
-            return False
-        return body.finished or await body.discard()
+        return self._write_answer(head, reply, body) and (body.finished or await body.discard())
 
-    async def _upstream_failed(self, head: RequestHead, body: ClientBody, err: UpstreamError) -> bool:
+    def _write_answer(self, head: RequestHead, reply: Reply, body: ClientBody | None = None) -> bool:
+        """Writes the proxy's own answer; whether the connection may take another request (once the rest of the
+        body, if any, is read and dropped, unless its client was never told to send it)."""
+        last = reply.close or self.closing or (body is not None and not body.finished and (
+            body.awaits_continue or _declared(head) > DISCARD_LIMIT))
+        self.write(reply.serialize(head.version, close=last and head.keep_alive, head_only=head.method == "HEAD"))
+        return head.keep_alive and not last
+
+    def _upstream_failure(self, err: UpstreamError) -> Reply:
         self.server.record_upstream_error(err)
-        return await self._answer(head, body, es_error_reply(err.status, err.error_type, str(err)))
+        return es_error_reply(err.status, err.error_type, str(err))
 
     async def _pass(self, incoming: Incoming, body: bytes | None, extra: Sequence[bytes]) -> bool:
         head = incoming.head
         sink = _ClientSink(self, head, extra)
-        upstream_body: bytes | ClientBody | None
-        if body is not None:
-            upstream_body = body
-        elif incoming.body.empty:
-            upstream_body = None
-        elif incoming.body.finished and not head.chunked:  # all here already: sent with the head in one write
-            upstream_body = await incoming.body.read(BUFFERED_BODY)
-        else:
-            upstream_body = incoming.body
-        # The client's own `Content-Length` line goes on as sent while the body has the client's length (a skipped
-        # search's is the very bytes read); anything else is framed anew.
-        framed = not head.chunked and head.content_length is not None and (
-            body is None or head.content_length == b"%d" % len(body)
-        )
-        lines = head.lines_with_length() if framed else head.lines
+        upstream_body: bytes | ClientBody | None = body
+        if body is None and not incoming.body.empty:
+            if incoming.body.finished and not head.chunked:  # all here already: sent with the head in one write
+                upstream_body = incoming.body.whole()
+                incoming.body.consume()
+            else:
+                upstream_body = incoming.body
+        framed, lines = _framing(head, body)
         try:
             await self.server.app.upstream.exchange(
-                head.method, head.target, lines, upstream_body, sink, framed=framed, authorized=head.authorized
+                head.method, head.target, lines, upstream_body, sink, framed=framed, authorized=head.authorized,
+                fresh=incoming.fresh,
             )
         except UpstreamError as err:
             if sink.started or sink.exchange is not None:
                 self.abort()  # the head went out: cutting the connection is the only honest way to say it broke
                 return False
-            return await self._upstream_failed(head, incoming.body, err)
+            return await self._answer(head, incoming.body, self._upstream_failure(err))
         return not sink.close and incoming.body.finished
+
+
+def _framing(head: RequestHead, body: bytes | None) -> tuple[bool, list[bytes]]:
+    """Whether the client's own `Content-Length` line goes on as sent, and the header lines to send: it does while
+    the body is the client's (a skipped search's is the very bytes read); anything else is framed anew."""
+    framed = not head.chunked and head.content_length is not None and (
+        body is None or head.content_length == b"%d" % len(body)
+    )
+    return framed, head.lines_with_length() if framed else head.lines
 
 
 def _declared(head: RequestHead) -> int:

@@ -14,11 +14,12 @@ request goes to the cluster again as it came, and its answer is relayed with `fa
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import re
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +34,7 @@ from .resolve import ResultWindows, smallest_result_window
 from .routing import Kind
 from .search import Outcome, Plan, RequestOptions, Rerank, Skip, finish, plan_search, plan_template
 from .upstream import Collected
-from .variants import CONTROL, UnknownVariant, choose_variant
+from .variants import CONTROL, NO_VARIANT, UnknownVariant, VariantChoice, choose_variant
 from .view import apply_filter_path
 from .wire import HeaderView, Reply, RequestHead, filtered_target, header_line, reason_for
 
@@ -88,11 +89,12 @@ def _compress(data: bytes, encoding: str) -> bytes:
     return data
 
 
-def _status_lines(statuses: list[str], variant: str) -> list[bytes]:
-    return [
+@functools.lru_cache(maxsize=1024)
+def _status_lines(statuses: tuple[str, ...], variant: str) -> tuple[bytes, bytes]:
+    return (
         header_line(b"X-Rerank-Status", ", ".join(statuses).encode()),
         header_line(b"X-Rerank-Variant", variant.encode()),
-    ]
+    )
 
 
 def header_text(value: str | None) -> str | None:
@@ -152,20 +154,38 @@ class SearchEndpoint:
 
         self.windows = ResultWindows(lookup, state.config.upstream.alias_cache_ttl_s)
 
+    def decide_on_head(self, head: RequestHead, kind: Kind) -> PassThrough | None:
+        """A search skipped before a byte of its body is read (`X-Rerank: off`): the body streams to the cluster,
+        and the answer back, as a pass-through's do. None: `handle` serves it (an unknown variant included)."""
+        if kind not in _SINGLE or not _forced_off(head):
+            return None
+        try:
+            choice = self._variant(head)
+        except UnknownVariant:
+            return None
+        return _passed_through(None, ("skipped; reason=header-off",), choice.name)
+
+    def _variant(self, head: RequestHead) -> VariantChoice:
+        config = self.state.config
+        if config.ab is not None:
+            choice = choose_variant(config, head.header_view())
+        elif head.own_header(b"x-rerank-variant") is None:
+            choice = NO_VARIANT
+        else:  # without an A/B split only the proxy's own headers choose: the rest need no reading
+            choice = choose_variant(config, HeaderView(head.own))
+        metrics.VARIANTS.inc(choice.name, choice.how)
+        return choice
+
     async def handle(self, incoming: Incoming, kind: Kind, index: str | None) -> Reply | PassThrough:
         started = time.perf_counter()
         head = incoming.head
         config = self.state.config
-        # Without an A/B split only the proxy's own headers choose (`X-Rerank-Variant`): the rest need no reading.
-        headers = head.header_view() if config.ab is not None else HeaderView(head.own)
         try:
-            choice = choose_variant(config, headers)
+            choice = self._variant(head)
         except UnknownVariant as err:
             return es_error_reply(400, "illegal_argument_exception", str(err))
-        metrics.counter(metrics.VARIANTS, choice.name, choice.how).inc()
-        if kind in _SINGLE and _forced_off(head):
-            # Nothing of it is read: the body streams to the cluster, and the answer back, as a pass-through's do.
-            return _passed_through(None, ["skipped; reason=header-off"], choice.name)
+        if kind in _SINGLE and _forced_off(head):  # as `decide_on_head` would have said
+            return _passed_through(None, ("skipped; reason=header-off",), choice.name)
         limit = config.max_search_body_bytes
         declared = head.content_length
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -290,7 +310,7 @@ class SearchEndpoint:
         for outcome in outcomes:  # once the answer is written: one that cannot be is counted as its fallback
             metrics.record_search(outcome.status, variant)
         took = f"{(time.perf_counter() - search.started) * 1000:.1f}".encode()
-        lines = [*reply.head.lines, *_status_lines([o.status for o in outcomes], variant)]
+        lines = [*reply.head.lines, *_status_lines(tuple(o.status for o in outcomes), variant)]
         lines.append(header_line(b"X-Rerank-Took-Ms", took))
         return Reply(reply.status, reply.reason, lines, payload)
 
@@ -301,10 +321,10 @@ def _forced_off(head: RequestHead) -> bool:
     return value is not None and value.decode("latin-1").strip().lower() == "off"
 
 
-def _passed_through(body: bytes | None, statuses: list[str], variant: str) -> PassThrough:
+def _passed_through(body: bytes | None, statuses: Sequence[str], variant: str) -> PassThrough:
     for status in statuses:
         metrics.record_search(status, variant)
-    return PassThrough(body, _status_lines(statuses, variant))
+    return PassThrough(body, list(_status_lines(tuple(statuses), variant)))
 
 
 def _utf8(params: list[tuple[str, str]]) -> bool:
@@ -342,7 +362,7 @@ async def _too_large(incoming: Incoming, close: bool = False) -> Reply:
     `http.max_content_length` (an empty 413, no content type). A declared body is then read and dropped by the
     relay, and the connection kept, as the clusters do; a chunked one that grew past the limit ends the connection
     (`close`), as it does on the clusters."""
-    metrics.counter(metrics.SEARCHES, "refused", "body-too-large", CONTROL).inc()
+    metrics.SEARCHES.inc("refused", "body-too-large", CONTROL)
     body = incoming.body
     if body.finished:
         await body.read(body.size)  # releases what is buffered
@@ -376,4 +396,5 @@ def _opensearch(reply: Collected) -> bool:
 
 
 def _as_sent(reply: Collected, statuses: list[str], variant: str) -> Reply:
-    return Reply(reply.status, reply.reason, [*reply.head.lines, *_status_lines(statuses, variant)], reply.body)
+    return Reply(reply.status, reply.reason, [*reply.head.lines, *_status_lines(tuple(statuses), variant)],
+                 reply.body)

@@ -76,15 +76,19 @@ async def build_state(config: Config, previous: ProxyState | None = None, wait_f
     return ProxyState(config, upstream, IndexResolver(config, lookup), engine)
 
 
-_COUNTED = {kind: metrics.counter(metrics.REQUESTS, kind.value) for kind in Kind}  # looked up once, not per request
-
-
 def _route(head: RequestHead) -> Route:
     # Most traffic is not a search: a path that cannot name one skips routing (classify decodes, hence the `%`).
     raw = head.raw_path
     if b"search" in raw or b"%" in raw:
-        return classify(head.method, head.raw_path.decode("latin-1"))  # classify decodes each segment itself
+        return _classified(head.method, raw)
     return PASSTHROUGH
+
+
+@functools.lru_cache(maxsize=4096)
+def _classified(method: str, raw_path: bytes) -> Route:
+    """`classify` of a raw path, remembered: a search path comes back again and again (bounded: a client sending a
+    new path each time only cycles the cache)."""
+    return classify(method, raw_path.decode("latin-1"))  # classify decodes each segment itself
 
 
 class ProxyServer:
@@ -104,8 +108,9 @@ class ProxyServer:
     def upstream(self) -> Upstream:
         return self.state.upstream
 
-    def claims(self, head: RequestHead) -> Route | None:
-        """The route of a request the proxy answers itself (a search, an admin path); None: pass it through."""
+    def claims(self, head: RequestHead) -> Route | PassThrough | None:
+        """The route of a request the proxy answers itself (a search, an admin path); None: pass it through; a
+        PassThrough: a search skipped on its head alone."""
         raw = head.raw_path
         # With an admin listener of their own, the proxy's paths are the cluster's like any other (it refuses them).
         if self.admin_guard.on_data_port and (
@@ -113,8 +118,11 @@ class ProxyServer:
         ):
             return ADMIN
         route = _route(head)
-        _COUNTED[route.kind].inc()
-        return None if route.kind is Kind.PASSTHROUGH else route
+        kind = route.kind
+        metrics.REQUESTS.inc(kind.value)
+        if kind is Kind.PASSTHROUGH:
+            return None
+        return self.state.searches.decide_on_head(head, kind) or route
 
     async def handle(self, incoming: Incoming, route: Route) -> Reply | PassThrough:
         if route.kind is Kind.ADMIN:

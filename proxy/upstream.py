@@ -12,7 +12,7 @@ import base64
 import ssl
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -61,6 +61,9 @@ class Sink(Protocol):
         """The response is complete; called before the exchange's `done` resolves."""
 
 
+OnEnd = Callable[["Exchange", "UpstreamError | None"], None]
+
+
 class RequestBody(Protocol):
     """A request body that arrives while the exchange runs (the relay's client stream)."""
 
@@ -107,19 +110,23 @@ def ssl_context(options: UpstreamOptions) -> ssl.SSLContext:
 
 
 class Exchange:
-    """One request and its response on one connection. `done` resolves when the response has ended."""
+    """One request and its response on one connection. `on_end(exchange, error)` is called once, when the response
+    has ended (`error` None) or the exchange has failed (an UpstreamError), as the last byte is parsed: a caller
+    that needs no coroutine (the relay's fast path) goes on from there, `Upstream.exchange` resolves a future."""
 
     __slots__ = (
-        "conn", "sink", "head_only", "done", "head", "reason", "status", "request_sent", "answered",
-        "response_started", "chunked_body", "timed_out", "_until_close",
+        "conn", "sink", "head_only", "on_end", "ended", "head", "reason", "status", "request_sent", "answered",
+        "response_started", "chunked_body", "timed_out", "reused", "_until_close",
     )
 
-    def __init__(self, conn: _Connection, sink: Sink, head_only: bool, chunked_body: bool):
+    def __init__(self, conn: _Connection, sink: Sink, head_only: bool, chunked_body: bool, on_end: OnEnd,
+                 reused: bool):
         self.conn = conn
         self.sink = sink
         self.head_only = head_only
         self.chunked_body = chunked_body
-        self.done: asyncio.Future[None] = conn.loop.create_future()
+        self.on_end = on_end
+        self.ended = False
         self.head = Head()
         self.reason = b""
         self.status = 0
@@ -127,12 +134,20 @@ class Exchange:
         self.answered = False  # a byte of the answer arrived: the cluster took the request, it is never sent again
         self.response_started = False
         self.timed_out = False
+        self.reused = reused  # on a pooled connection, which the cluster may have closed meanwhile
         self._until_close = False
+
+    @property
+    def retryable(self) -> bool:
+        """Failed on a kept connection the cluster had closed before it read the request (it answered nothing):
+        worth sending once more on a new connection. Any answer, even a garbled one, means the request may have
+        been carried out; the caller also checks that the body can be sent again."""
+        return self.reused and not self.answered and not self.timed_out
 
     # -- request body, written by the caller or by an attached client stream --
 
     def write_body(self, chunk: bytes) -> None:
-        if not chunk or self.done.done():
+        if not chunk or self.ended:
             return
         if self.chunked_body:
             self.conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -140,7 +155,7 @@ class Exchange:
             self.conn.write(chunk)
 
     def end_body(self) -> None:
-        if self.chunked_body and not self.done.done():
+        if self.chunked_body and not self.ended:
             self.conn.write(b"0\r\n\r\n")
         self.request_sent = True
 
@@ -172,14 +187,28 @@ class Exchange:
         self.sink.head(self)
 
     def complete(self) -> None:
-        if not self.done.done():
+        if not self.ended:
             self.sink.end()
-            self.done.set_result(None)
+            self._end(None)
 
-    def fail(self, error: Exception) -> None:
+    def fail(self, error: UpstreamError) -> None:
         self.timed_out = self.timed_out or isinstance(error, UpstreamTimeout)
-        if not self.done.done():
-            self.done.set_exception(error)
+        if not self.ended:
+            self._end(error)
+
+    def abandon(self) -> None:
+        """Nobody wants the answer any more (the client went away): the connection is cut, the exchange fails."""
+        self.conn.abort()
+
+    def _end(self, error: UpstreamError | None) -> None:
+        self.ended = True
+        conn = self.conn
+        if error is not None:
+            conn.abort()
+        elif not self.request_sent:  # answered before the body was all sent: the connection is out of step
+            conn.reusable = False
+        conn.pool.release(conn)  # back to the pool before the caller goes on (kept only after a clean exchange)
+        self.on_end(self, error)
 
     def lost(self, exc: Exception | None) -> None:
         if self._until_close and self.response_started:  # a body framed by the connection's end has ended
@@ -233,10 +262,11 @@ class _Connection(asyncio.Protocol):
         self.alive = False
         self._cancel_timer()
         self.pool.forget(self)
-        if self.exchange is not None:
+        exchange = self.exchange
+        if exchange is not None:
             if self._timeout_error is not None:
-                self.exchange.fail(self._timeout_error)
-            self.exchange.lost(exc)
+                exchange.fail(self._timeout_error)
+            exchange.lost(exc)
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -446,6 +476,19 @@ class _Pool:
         self.idle.clear()
 
 
+def _resolving(done: asyncio.Future[None]) -> OnEnd:
+    """An `on_end` that resolves `done` (left alone once cancelled)."""
+
+    def on_end(exchange: Exchange, error: UpstreamError | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    return on_end
+
+
 @dataclass
 class Collected:
     """A whole response, as `fetch` returns it."""
@@ -527,6 +570,28 @@ class Upstream:
                                   f"{self.options.connect_timeout_s:g}s: " + "; ".join(errors))
         raise UpstreamUnavailable("; ".join(errors))
 
+    def start(
+        self,
+        method: str,
+        target: bytes,
+        lines: Sequence[bytes],
+        body: bytes | None,
+        sink: Sink,
+        on_end: OnEnd,
+        *,
+        framed: bool = False,
+        authorized: bool = False,
+    ) -> Exchange | None:
+        """The exchange begun at once on an idle kept connection, without a coroutine (the relay's fast path):
+        `on_end` hears how it ended, the connection already back in the pool. None when no connection to the
+        (single) cluster URL is idle: the caller then awaits `exchange`, which connects, fails over and retries."""
+        if len(self._pools) != 1:
+            return None
+        conn = self._pools[0].take_idle()
+        if conn is None:
+            return None
+        return self._begin(conn, True, method, target, lines, body, sink, on_end, framed, authorized)
+
     async def exchange(
         self,
         method: str,
@@ -537,6 +602,7 @@ class Upstream:
         *,
         framed: bool = False,
         authorized: bool = False,
+        fresh: bool = False,
     ) -> None:
         """Sends one request and feeds its response to `sink`; returns once the response has ended.
 
@@ -544,40 +610,40 @@ class Upstream:
         client's own line, relayed with the client's own body); otherwise bytes get one and a streamed body goes
         chunked. `authorized`: the client sent its own `Authorization`, so credentials from the URL are not added.
         A pooled connection that turns out closed is retried once on a new one, when nothing was answered and the
-        body can be sent again."""
-        length = len(body) if isinstance(body, bytes) and body and not framed else None
-        chunked = not framed and body is not None and not isinstance(body, bytes)
-        idle = self._pools[0].take_idle() if len(self._pools) == 1 else None  # the usual case, without a coroutine
-        conn, reused = (idle, True) if idle is not None else await self._connection(fresh=False)
+        body can be sent again; `fresh`: that retry, on a new connection at once (and not retried again)."""
+        idle = self._pools[0].take_idle() if len(self._pools) == 1 and not fresh else None  # without a coroutine
+        conn, reused = (idle, True) if idle is not None else await self._connection(fresh=fresh)
         while True:
-            exchange = Exchange(conn, sink, method == "HEAD", chunked_body=chunked)
-            head = self._request_head(conn.pool.endpoint, method, target, lines, length, chunked, authorized)
-            if body is None or isinstance(body, bytes):
-                conn.start(exchange, head + body if body else head)  # one write, one send()
-                exchange.request_sent = True
-            else:
-                conn.start(exchange, head)
-                body.attach(exchange)
+            done: asyncio.Future[None] = conn.loop.create_future()
+            exchange = self._begin(conn, reused, method, target, lines, body, sink, _resolving(done), framed,
+                                   authorized)
             try:
-                await exchange.done
+                await done
             except UpstreamError:
-                conn.abort()
-                conn.pool.release(conn)
-                replayable = body is None or isinstance(body, bytes)
-                # Only a kept connection the cluster had closed before it read the request (it answered nothing)
-                # is retried: any answer, even a garbled one, means the request may have been carried out.
-                if reused and replayable and not exchange.answered and not exchange.timed_out:
+                if exchange.retryable and (body is None or isinstance(body, bytes)):
                     conn, reused = await self._connection(fresh=True)
                     continue
                 raise
             except BaseException:  # cancelled: the client went away; the cluster's answer has nobody to go to
-                conn.abort()
-                conn.pool.release(conn)
+                exchange.abandon()
                 raise
-            if not exchange.request_sent:  # answered before the body was all sent: the connection is out of step
-                conn.reusable = False
-            conn.pool.release(conn)
             return
+
+    def _begin(
+        self, conn: _Connection, reused: bool, method: str, target: bytes, lines: Sequence[bytes],
+        body: bytes | RequestBody | None, sink: Sink, on_end: OnEnd, framed: bool, authorized: bool,
+    ) -> Exchange:
+        length = len(body) if isinstance(body, bytes) and body and not framed else None
+        chunked = not framed and body is not None and not isinstance(body, bytes)
+        exchange = Exchange(conn, sink, method == "HEAD", chunked, on_end, reused)
+        head = self._request_head(conn.pool.endpoint, method, target, lines, length, chunked, authorized)
+        if body is None or isinstance(body, bytes):
+            conn.start(exchange, head + body if body else head)  # one write, one send()
+            exchange.request_sent = True
+        else:
+            conn.start(exchange, head)
+            body.attach(exchange)
+        return exchange
 
     @staticmethod
     def _request_head(

@@ -25,6 +25,9 @@ class VariantChoice:
     how: str  # header | sticky | random | none
 
 
+NO_VARIANT = VariantChoice(CONTROL, "none")  # no A/B split, no variant asked for
+
+
 def _bucket(value: str) -> float:
     digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
@@ -39,7 +42,7 @@ def choose_variant(config: Config, headers: Mapping[str, str], rng: random.Rando
             raise UnknownVariant(f"unknown rerank variant [{requested}]; configured variants: [{known}]")
         return VariantChoice(requested, "header")
     if config.ab is None:
-        return VariantChoice(CONTROL, "none")
+        return NO_VARIANT
     sticky = headers.get(config.ab.sticky_header) if config.ab.sticky_header else None
     point = _bucket(sticky) if sticky else (rng or random).random()
     total = sum(config.ab.weights.values())
