@@ -31,7 +31,7 @@ import torch
 
 from rerank.loading import compile_blocks
 from rerank.registry import load_scorer
-from rerank.spec import ModelSpec
+from rerank.spec import BiEncoderSpec, CrossEncoderSpec, ModelSpec, MxbaiV2Spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,15 +48,15 @@ def spec_for(model: str, workdir: Path) -> ModelSpec:
     if model == "minilm":
         from rerank_proxy_tools.models import MINILM_SOURCE
 
-        return ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, cache_entries=0)
+        return BiEncoderSpec(source=MINILM_SOURCE, cache_entries=0)
     if model == "minilm-ce":
         from rerank_proxy_tools.models import make_minilm_cross_encoder
 
-        return ModelSpec(backend="cross-encoder", source=str(make_minilm_cross_encoder(workdir / model)))
+        return CrossEncoderSpec(source=str(make_minilm_cross_encoder(workdir / model)))
     from benchmarks.gpu_bench import SHAPES, write_random_qwen2
 
     write_random_qwen2(workdir / model, SHAPES["base-v2"], torch.float32, torch.device("cpu"))
-    return ModelSpec(backend="mxbai-v2", source=str(workdir / model), max_length=128)
+    return MxbaiV2Spec(source=str(workdir / model), max_length=128)
 
 
 def race(model: str, docs: list[str], rounds: int) -> str:

@@ -49,7 +49,7 @@ from rerank.backend import PairEncoder
 from rerank.batching import token_batches
 from rerank.engine import PAIR_SPECIAL_TOKENS, ScoringEngine
 from rerank.registry import load_scorer
-from rerank.spec import ModelSpec
+from rerank.spec import BiEncoderSpec, CrossEncoderSpec, ModelSpec
 from rerank.text import TextConfig, build_document_text
 from rerank_proxy_tools.models import MINILM_SOURCE, make_minilm_cross_encoder, make_tiny_cross_encoder
 
@@ -248,7 +248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "%(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="model batch size, both sides (default %(default)s)")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per model call, engine "
-                        "and backend (default: the device's, see ModelSpec.batch_tokens)")
+                        "and backend (default: the device's, see BaseSpec.batch_tokens)")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="engine: batching wait (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="smoke run: levels 1,4, 4 sequential, 10 documents")
     args = parser.parse_args(argv)
@@ -267,12 +267,12 @@ async def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             if model == "minilm":
-                spec = ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, score_cache_entries=0, **knobs)
+                spec = BiEncoderSpec(source=MINILM_SOURCE, score_cache_entries=0, **knobs)
                 rows += await bench_model(model, spec, source, args.minilm_docs, levels, args.sequential)
             elif model in ("minilm-ce", "tiny-ce"):
                 make = make_minilm_cross_encoder if model == "minilm-ce" else make_tiny_cross_encoder
                 folder = make(Path(tmp) / model)
-                spec = ModelSpec(backend="cross-encoder", source=str(folder), score_cache_entries=0, **knobs)
+                spec = CrossEncoderSpec(source=str(folder), score_cache_entries=0, **knobs)
                 rows += await bench_model(model, spec, source, args.minilm_docs if model == "minilm-ce" else args.docs,
                                           levels, args.sequential)
             else:

@@ -21,8 +21,8 @@ then on the pessimistic side.
 
 Then the engine (`--concurrency` searches of `--docs` documents sent at once to `ScoringEngine`, as the proxy sends
 them), at each of `--engine-budgets` padded tokens per model call, against searches of the same shape scored one
-after another with `score()` at the product's default budget for the device (`ModelSpec.batch_tokens`); pairs per
-call are the device's default (`ModelSpec.batch_pairs`: on a GPU the budget decides). Whether packing pairs across
+after another with `score()` at the product's default budget for the device (`BaseSpec.batch_tokens`); pairs per
+call are the device's default (`BaseSpec.batch_pairs`: on a GPU the budget decides). Whether packing pairs across
 searches and tokenizing off the model thread pays on a GPU, and which call size the card wants.
 
 FLOPs per (query, document) sequence of L tokens (padding not counted, so padding shows up as lost efficiency):
@@ -196,7 +196,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
                 peak: float | None, workdir: Path) -> tuple[list[Result], list[Row]]:
     from rerank.mxbai import PAD_MULTIPLE
     from rerank.registry import load_scorer
-    from rerank.spec import ModelSpec
+    from rerank.spec import MxbaiV2Spec
 
     shape = SHAPES[name]
     folder = workdir / name
@@ -204,8 +204,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
     write_random_qwen2(folder, shape, dtype, device, args.vocab)
     built = time.perf_counter() - start
     start = time.perf_counter()
-    spec = ModelSpec(backend="mxbai-v2", source=str(folder), device=str(device),
-                     dtype=str(dtype).removeprefix("torch."), batch_size=args.batch_sizes[0], compile=args.compile)
+    spec = MxbaiV2Spec(source=str(folder), device=str(device),
+                       dtype=str(dtype).removeprefix("torch."), batch_size=args.batch_sizes[0], compile=args.compile)
     scorer = load_scorer(name, spec)
     loaded = time.perf_counter() - start
     (folder / "model.safetensors").unlink()  # gigabytes; the model is in memory now
@@ -215,7 +215,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device, dtype
     lengths = [[len(ids) for ids in scorer.encode(q, docs)] for q, docs in zip(queries, docs_per_query)]
     flat = [n for row in lengths for n in row]
     # Out of the way of the sweep: here the batch size alone decides each call's size, so the table shows which
-    # call size the card wants (the product's default budget on a GPU is ModelSpec.batch_tokens("cuda")).
+    # call size the card wants (the product's default budget on a GPU is BaseSpec.batch_tokens("cuda")).
     scorer.max_batch_tokens = max(args.batch_sizes) * max(flat)
     params = layer_parameters(shape)
     flops = sum(sequence_flops(n, shape, params) for n in flat)

@@ -117,12 +117,12 @@ def bench(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
           workdir: Path) -> None:
     from rerank.mxbai import PAD_MULTIPLE
     from rerank.registry import load_scorer
-    from rerank.spec import ModelSpec
+    from rerank.spec import MxbaiV2Spec
 
     shape = SHAPES[name]
     folder = workdir / name
     write_random_qwen2(folder, shape, dtype, device, args.vocab)
-    spec = ModelSpec(backend="mxbai-v2", source=str(folder), device=str(device), dtype=str(dtype).removeprefix(
+    spec = MxbaiV2Spec(source=str(folder), device=str(device), dtype=str(dtype).removeprefix(
         "torch."), batch_size=4096, max_batch_tokens=args.call_tokens, compile=False)  # eager: the variants below
     scorer = load_scorer(name, spec)  # run its modules; `--compile` adds the compiled rows
     (folder / "model.safetensors").unlink()
@@ -225,13 +225,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.vocab = vocab_file(args.vocab)
     from rerank.loading import pick_device
-    from rerank.spec import ModelSpec
+    from rerank.spec import MxbaiV2Spec
 
     device = pick_device(args.device)
     tiny = args.tiny or device.type != "cuda"
     models = args.models.split(",") if args.models else ["tiny"] if tiny else ["base-v2", "large-v2"]
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    args.call_tokens = args.call_tokens or ModelSpec(backend="mxbai-v2", source="x").batch_tokens(device.type)
+    args.call_tokens = args.call_tokens or MxbaiV2Spec(source="x").batch_tokens(device.type)
     gpu, peak = peak_tflops(device, args.peak_tflops)
     log(f"device: {gpu}; torch {torch.__version__}; dtype {dtype}; peak {peak or 'unknown'} TFLOP/s; "
         f"call {args.call_tokens:,} tokens; {tokenizer_name(args.vocab)}")

@@ -349,15 +349,15 @@ class ReferenceProcess:
 
 
 def bench_mxbai(args: argparse.Namespace, pairs: list[Query]) -> tuple[list[Row], str]:
-    from rerank.spec import ModelSpec
+    from rerank.spec import MxbaiV2Spec
     from rerank_proxy_tools.qwen import loaded_weights_sha256
 
     folder = Path(args.mxbai_model) if args.mxbai_model else base_v2_folder(args.mxbai_tokenizer)
     tokenizer = "Qwen's tokenizer" if args.mxbai_tokenizer == "qwen" else "test BPE"
     model = f"{folder.name} (fp32)" if args.mxbai_model else f"random Qwen2, base-v2 shape (fp32, {tokenizer})"
     python = reference_python(args.reference_python)
-    spec = ModelSpec(backend="mxbai-v2", source=str(folder), device="cpu", dtype="float32",
-                     max_length=args.mxbai_max_length, batch_size=args.batch_size, threads=args.threads)
+    spec = MxbaiV2Spec(source=str(folder), device="cpu", dtype="float32",
+                       max_length=args.mxbai_max_length, batch_size=args.batch_size, threads=args.threads)
     log(f"mxbai-v2: loading ours and the reference ({python}) from {folder}")
     scorers = load_ours(args, spec)
     ours = next(iter(scorers.values()))
@@ -401,10 +401,10 @@ def bench_cross_encoder(args: argparse.Namespace, pairs: list[Query], folder: Pa
                         model: str) -> tuple[list[Row], str]:
     from sentence_transformers import CrossEncoder
 
-    from rerank.spec import ModelSpec
+    from rerank.spec import CrossEncoderSpec
 
-    spec = ModelSpec(backend="cross-encoder", source=str(folder), device="cpu", batch_size=args.batch_size,
-                     threads=args.threads)
+    spec = CrossEncoderSpec(source=str(folder), device="cpu", batch_size=args.batch_size,
+                            threads=args.threads)
     reference = CrossEncoder(str(folder), device="cpu", local_files_only=True)
     label = 0 if reference.model.config.num_labels == 1 else 1
 
@@ -426,12 +426,12 @@ def bench_cross_encoder(args: argparse.Namespace, pairs: list[Query], folder: Pa
 def bench_bi_encoder(args: argparse.Namespace, pairs: list[Query]) -> tuple[list[Row], str]:
     from sentence_transformers import SentenceTransformer
 
-    from rerank.spec import ModelSpec
+    from rerank.spec import BiEncoderSpec
     from rerank_proxy_tools.models import MINILM_SOURCE, minilm_dir
 
     # cache_entries=0: our document-embedding cache would turn every pass after the first into lookups.
-    spec = ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, device="cpu", batch_size=args.batch_size,
-                     threads=args.threads, cache_entries=0)
+    spec = BiEncoderSpec(source=MINILM_SOURCE, device="cpu", batch_size=args.batch_size,
+                         threads=args.threads, cache_entries=0)
     reference = SentenceTransformer(str(minilm_dir()), device="cpu", local_files_only=True)
 
     def encode_and_cosine(query: str, docs: list[str]) -> list[float]:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic.fields import FieldInfo
 
 from rerank.chunking import Chunking
 from rerank.ranking import Fusion
@@ -60,20 +61,28 @@ class RerankSettings(_Strict):
     )
 
 
-class SettingsOverride(_Strict):
+def _all_optional(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s fields for create_model, each optional with default None (`None` = not set here) and the rest of
+    its definition kept: constraints, validators, description."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation: Any = info.annotation
+        fields[name] = (annotation | None, FieldInfo.merge_field_infos(info, default=None))
+    return fields
+
+
+if TYPE_CHECKING:
+    _SettingsFields = _Strict
+else:
+    # Every RerankSettings field, optional: a new setting needs adding there alone.
+    _SettingsFields = create_model("_SettingsFields", __base__=_Strict, **_all_optional(RerankSettings))
+
+
+class SettingsOverride(_SettingsFields):
     """Any subset of RerankSettings; unset fields inherit."""
 
-    enabled: bool | None = None
-    model: str | None = None
-    window: int | None = Field(None, ge=1, le=10_000)
-    text: TextConfig | None = None
-    query_path: str | None = None
-    template_params: TemplateParams | None = None
-    timeout_ms: int | None = Field(None, gt=0)
-    fusion: Fusion | None = None
-    chunking: Chunking | None = None
-    language_gate: bool | None = None
-    languages: Languages | None = None
+    if TYPE_CHECKING:  # the fields come from RerankSettings, each `T | None`: out of the type checker's sight
+        def __getattr__(self, name: str) -> Any: ...
 
     def apply_to(self, base: RerankSettings) -> RerankSettings:
         changes = {k: getattr(self, k) for k in self.model_fields_set if k in RerankSettings.model_fields}

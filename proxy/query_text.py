@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from rerank.text import resolve_path
+
 # Deeper nesting than any real query; bounds recursion so hostile bodies cannot raise RecursionError.
 _MAX_DEPTH = 64
 
@@ -136,19 +138,6 @@ def _walk(query: Any, depth: int = 0) -> Iterator[str]:
             yield from reader(node, depth)
 
 
-def _resolve(body: Any, path: str) -> Any:
-    """Follow a dot path; numeric segments index lists. None when any step is missing."""
-    node = body
-    for segment in path.split("."):
-        if isinstance(node, Mapping):
-            node = node.get(segment)
-        elif isinstance(node, list) and segment.isascii() and segment.isdigit() and int(segment) < len(node):
-            node = node[int(segment)]
-        else:
-            return None
-    return node
-
-
 def _join(texts: Iterator[str]) -> str | None:
     """Distinct texts, first occurrence wins, joined by a space; None when nothing is left."""
     seen: dict[str, str] = {}
@@ -166,7 +155,7 @@ def extract_query_text(
     if not isinstance(body, Mapping):
         body = {}
     if query_path:
-        found = _resolve(body, query_path)
+        found = next(resolve_path(body, query_path, index_lists=True), None)
         if isinstance(found, str) and found.strip():
             return " ".join(found.split())
     if body.get("query") is not None:

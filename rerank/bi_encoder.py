@@ -12,7 +12,7 @@ from transformers import AutoModel
 from rerank.backend import ModelLoadError, text_key
 from rerank.loading import Tokenized, TransformersScorer, read_json, tokenize
 from rerank.lru import LRU
-from rerank.spec import ModelSpec
+from rerank.spec import BiEncoderSpec
 
 POOLING_MODES = ("mean", "cls", "lasttoken")
 # sentence-transformers' older 1_Pooling/config.json spells the mode as one boolean per mode.
@@ -70,7 +70,7 @@ class EmbeddingPair:
 
 
 class BiEncoderScorer(TransformersScorer[EmbeddingPair]):
-    def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
+    def __init__(self, spec: BiEncoderSpec, name: str | None = None) -> None:
         super().__init__(spec, AutoModel, name)
         try:
             self.pooling = pooling_mode(read_json(self.path, "1_Pooling/config.json"))
@@ -82,7 +82,7 @@ class BiEncoderScorer(TransformersScorer[EmbeddingPair]):
         # A text's embedding does not depend on what it is paired with: each text, query or document, is embedded once
         # and kept in an LRU. Written by the scoring thread only; `_encode` (maybe on the engine's tokenizer thread)
         # only asks what it holds.
-        self._cache: LRU[bytes, torch.Tensor] = LRU(self.spec.cache_entries)
+        self._cache: LRU[bytes, torch.Tensor] = LRU(spec.cache_entries)
 
     def _encode(self, tokenizer: Any, queries: Sequence[str], docs: Sequence[str]) -> list[EmbeddingPair]:
         texts = {text_key(text): text for text in dict.fromkeys([*queries, *docs])}

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from rerank.loading import Tokenized, TransformersScorer, read_json, token_lengths, tokenize
-from rerank.spec import ModelSpec
+from rerank.spec import CrossEncoderSpec
 
 
 def activation(path: str, config: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -33,7 +33,7 @@ def activation(path: str, config: Any) -> Callable[[torch.Tensor], torch.Tensor]
 
 
 class CrossEncoderScorer(TransformersScorer[Tokenized]):
-    def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
+    def __init__(self, spec: CrossEncoderSpec, name: str | None = None) -> None:
         super().__init__(spec, AutoModelForSequenceClassification, name)
         self.activation = activation(self.path, self.model.config)
         self.label = 0 if self.model.config.num_labels == 1 else 1

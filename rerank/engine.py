@@ -55,14 +55,14 @@ rest (the proxy answers `partial`; when time ran short the scored ones are the t
 cluster's first hit down, besides any score-cache hits), with none it gets TimeoutError.
 
 Per-model knobs live in the model's spec (`max_wait_ms`, `max_batch_tokens`, `score_cache_entries`, `max_queue`);
-with `max_batch_tokens` unset, a local backend's device decides it (`ModelSpec.batch_tokens`).
+with `max_batch_tokens` unset, a local backend's device decides it (`BaseSpec.batch_tokens`).
 
 Loading runs as a background task per model. `start()` waits for every model's first attempt, `start(wait=False)`
 returns at once; meanwhile a search gets `ModelLoading`. A model whose load or warm-up fails is tried again, after
 `load_retry_s`, doubled for each next attempt up to `load_retry_max_s` (a little jitter), for as long as the engine
 lives: a model fixed on disk (or a remote service that comes back) is picked up without a restart.
 
-Each model has a circuit breaker (rerank/circuit.py, `ModelSpec.circuit`): a run of failed searches (the model
+Each model has a circuit breaker (rerank/circuit.py, `BaseSpec.circuit`): a run of failed searches (the model
 raised, or the deadline passed with the search not wholly scored) opens it, and searches then get `CircuitOpen` at
 once, until a single trial search after `open_s` succeeds. A search refused as `Overloaded` says nothing about the
 model and does not count; a search served wholly from the score cache never reaches the model nor the breaker.
@@ -103,7 +103,7 @@ from .scheduling import (
     take_round,
     take_within,
 )
-from .spec import ModelSpec
+from .spec import ModelSpec, MxbaiV2Spec
 
 log = logging.getLogger(__name__)
 
@@ -761,7 +761,7 @@ class _ModelWorker:
         self.name = name
         self.spec = spec
         self.settings = BatchSettings.of(spec, max_queue)
-        self.instruction: str | None = getattr(spec, "instruction", None)
+        self.instruction = spec.instruction if isinstance(spec, MxbaiV2Spec) else None
         self.scorer: Scorer | None = None
         self.error: str | None = None  # the last failed load attempt's, redacted; None once loaded
         self.failed_loads = 0
@@ -868,7 +868,7 @@ class _ModelWorker:
             if not isinstance(err, Exception):
                 raise
             return _describe(err)
-        # A local backend knows its device, and so the call size its model runs best at (ModelSpec.batch_tokens and
+        # A local backend knows its device, and so the call size its model runs best at (BaseSpec.batch_tokens and
         # batch_pairs).
         reported = {key: size for key in ("max_batch_tokens", "batch_size")
                     if isinstance(size := getattr(scorer, key, None), int)}

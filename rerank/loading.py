@@ -24,7 +24,7 @@ from transformers.utils.hub import cached_file
 
 from rerank.backend import Encoding, ModelLoadError
 from rerank.batching import token_batches
-from rerank.spec import ModelSpec
+from rerank.spec import LocalSpec
 
 PACKAGE_PREFIX = "package:"
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,7 +37,7 @@ E = TypeVar("E", bound=Encoding)
 
 
 def resolve_source(source: str) -> str:
-    """A `ModelSpec.source` as `from_pretrained` takes it: a package's model folder, a local folder, or a hub id."""
+    """A spec's `source` as `from_pretrained` takes it: a package's model folder, a local folder, or a hub id."""
     if source.startswith(PACKAGE_PREFIX):
         return str(_package_model_dir(source[len(PACKAGE_PREFIX) :].strip(), source))
     path = Path(source).expanduser()
@@ -176,7 +176,7 @@ class TransformersScorer(ABC, Generic[E]):
     encodings (`score_encoded`); scoring text is the two in a row. The engine calls them apart (see
     rerank.backend.PairEncoder): `encode_pairs` on its tokenizer thread, with a tokenizer of its own."""
 
-    def __init__(self, spec: ModelSpec, model_cls: Any, name: str | None = None) -> None:
+    def __init__(self, spec: LocalSpec, model_cls: Any, name: str | None = None) -> None:
         self.name = name or spec.source
         self.spec = spec
         if spec.threads:

@@ -44,7 +44,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from rerank.batching import token_batches
 from rerank.loading import TransformersScorer, pick_device
 from rerank.lru import LRU
-from rerank.spec import ModelSpec
+from rerank.spec import MxbaiV2Spec
 
 SEP = "\n"
 CHAT_PREFIX = (
@@ -79,7 +79,7 @@ def prompt_text(query: str, doc: str, instruction: str | None = None) -> str:
     return CHAT_PREFIX + query_part(query, instruction) + SEP + document_part(doc) + SEP + TASK_PROMPT + CHAT_SUFFIX
 
 
-def backend_defaults(spec: ModelSpec) -> ModelSpec:
+def backend_defaults(spec: MxbaiV2Spec) -> MxbaiV2Spec:
     """This backend's own defaults for fields the config left unset: an 8k budget, and bfloat16 on a GPU."""
     update: dict[str, object] = {}
     if "max_length" not in spec.model_fields_set:
@@ -105,11 +105,12 @@ class Prompt:
 class MxbaiV2Scorer(TransformersScorer[Prompt]):
     """Scores = log-odds of "relevant" from a Qwen2 causal LM, in length-sorted, right-padded batches."""
 
-    def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
-        super().__init__(backend_defaults(spec), AutoModelForCausalLM, name)
+    def __init__(self, spec: MxbaiV2Spec, name: str | None = None) -> None:
+        spec = backend_defaults(spec)
+        super().__init__(spec, AutoModelForCausalLM, name)
         if self.model.config._attn_implementation != "sdpa":
             self.model.set_attn_implementation("sdpa")
-        self.instruction = self.spec.instruction
+        self.instruction = spec.instruction
         self.prefix_ids = self._ids(CHAT_PREFIX)
         self.sep_ids = self._ids(SEP)
         self.suffix_ids = self.sep_ids + self._ids(TASK_PROMPT) + self._ids(CHAT_SUFFIX)

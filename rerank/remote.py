@@ -1,6 +1,6 @@
 """An HTTP reranking service as a backend, so a fleet of GPU servers can serve many proxies.
 
-Two wire formats (`ModelSpec.api`):
+Two wire formats (`RemoteSpec.api`):
 - `cohere`: `POST {source}/v1/rerank` `{"model", "query", "documents", "top_n", "return_documents": false}` ->
   `{"results": [{"index", "relevance_score"}]}`. Cohere, Jina, vLLM and Infinity speak it.
 - `tei`: Hugging Face text-embeddings-inference, `POST {source}/rerank` `{"query", "texts", "raw_scores": false}` ->
@@ -28,7 +28,7 @@ import aiohttp
 import orjson
 
 from rerank.backend import ModelLoadError
-from rerank.spec import ModelSpec
+from rerank.spec import ModelSpec, RemoteSpec
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class _Retryable(Exception):
 
 class RemoteScorer:
     def __init__(self, spec: ModelSpec, name: str | None = None) -> None:
-        if spec.backend != "remote":
+        if not isinstance(spec, RemoteSpec):
             raise ModelLoadError(f"RemoteScorer needs backend 'remote', got {spec.backend!r}")
         self.name = name or spec.source
         self.spec = spec

@@ -138,8 +138,7 @@ def truncate_tokens(text: str, max_tokens: int) -> str:
 
 def render_path(source: Any, path: str) -> str:
     """Every value at `path` in `source`, rendered and joined with ", " ("" when there is none)."""
-    values = list(_resolve(source, path.split("."), 0))
-    return _render_list(values, 0)
+    return _render_list(list(resolve_path(source, path)), 0)
 
 
 def flatten_source(source: Any) -> str:
@@ -269,25 +268,35 @@ def _render_template(source: Any, lines: list[list[_Segment]]) -> str:
 # --- value access and rendering -------------------------------------------------------------------------------
 
 
-def _resolve(node: Any, parts: list[str], depth: int) -> Iterator[Any]:
-    """Values at the path `parts` below `node`; arrays are walked element by element.
+def resolve_path(node: Any, path: str, *, index_lists: bool = False) -> Iterator[Any]:
+    """The values at the dot path `path` below `node`, read one of two ways.
 
-    Like Elasticsearch, a key may itself contain dots (`{"a.b": 1}` is field `a.b`), so at each object every
-    split of the remaining path is tried, nested form first.
+    A document's `_source` (the default) is read as Elasticsearch reads a field: arrays are walked element by
+    element, and a key may itself contain dots (`{"a.b": 1}` is field `a.b`), so at each object every split of the
+    remaining path is tried, nested form first; what lies deeper than MAX_DEPTH steps is not reached.
+    With `index_lists` (a path into a request body, `query_path`) each segment is one key, and a numeric segment
+    indexes an array (`query.bool.must.0`): one value at most, and no deeper than the path is long.
     """
-    if depth > MAX_DEPTH:
+    return _resolve(node, path.split("."), 0, index_lists)
+
+
+def _resolve(node: Any, parts: list[str], depth: int, index_lists: bool) -> Iterator[Any]:
+    if depth > MAX_DEPTH and not index_lists:
         return
     if not parts:
         yield node
-        return
-    if isinstance(node, (list, tuple)):
-        for item in node:
-            yield from _resolve(item, parts, depth + 1)
     elif isinstance(node, Mapping):
-        for cut in range(1, len(parts) + 1):
+        for cut in range(1, 2 if index_lists else len(parts) + 1):
             key = ".".join(parts[:cut])
             if key in node:
-                yield from _resolve(node[key], parts[cut:], depth + 1)
+                yield from _resolve(node[key], parts[cut:], depth + 1, index_lists)
+    elif index_lists:
+        segment = parts[0]
+        if isinstance(node, list) and segment.isascii() and segment.isdigit() and int(segment) < len(node):
+            yield from _resolve(node[int(segment)], parts[1:], depth + 1, index_lists)
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _resolve(item, parts, depth + 1, index_lists)
 
 
 def _render(value: Any, depth: int) -> str:

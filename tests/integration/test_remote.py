@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from rerank.backend import ModelLoadError
 from rerank.registry import load_scorer
 from rerank.remote import RemoteScorer, backoff_s, parse_scores, request_body, service_message
-from rerank.spec import ModelSpec
+from rerank.spec import CrossEncoderSpec, RemoteSpec
 from rerank_proxy_tools.models import make_tiny_cross_encoder
 from tests.infinity import InfinityServer, free_port
 
@@ -76,7 +76,7 @@ def make_scorer() -> Iterator[Callable[..., RemoteScorer]]:
 
     def make(url: str, **fields: Any) -> RemoteScorer:
         fields = {"remote_model": SERVED_NAME, "api_key_env": KEY_ENV, "retry_backoff_s": 0.01, **fields}
-        scorer = load_scorer("remote-test", ModelSpec(backend="remote", source=url, **fields))
+        scorer = load_scorer("remote-test", RemoteSpec(source=url, **fields))
         assert isinstance(scorer, RemoteScorer)
         made.append(scorer)
         return scorer
@@ -133,7 +133,7 @@ def test_scores_match_the_local_cross_encoder_on_the_same_folder(
 ) -> None:
     from rerank.cross_encoder import CrossEncoderScorer
 
-    local = CrossEncoderScorer(ModelSpec(backend="cross-encoder", source=str(model_dir)), name="local")
+    local = CrossEncoderScorer(CrossEncoderSpec(source=str(model_dir)), name="local")
     remote = make_scorer(infinity.url).score(QUERY, DOCS)
     # Infinity (transformers 4, float32 JSON) and the local backend (transformers 5, float64 sigmoid): same model.
     assert remote == pytest.approx(local.score(QUERY, DOCS), abs=1e-5)
@@ -187,7 +187,7 @@ def test_missing_token_variable_fails_at_load_naming_it(
     infinity: InfinityServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(KEY_ENV)
-    spec = ModelSpec(backend="remote", source=infinity.url, api_key_env=KEY_ENV)
+    spec = RemoteSpec(source=infinity.url, api_key_env=KEY_ENV)
     with pytest.raises(ModelLoadError, match=KEY_ENV):
         load_scorer("remote-test", spec)
 
@@ -406,17 +406,17 @@ def test_a_retry_after_longer_than_a_search_can_wait_fails_at_once(scripted, mak
 
 def test_remote_fields_are_rejected_on_local_backends() -> None:
     with pytest.raises(ValidationError, match=r"max_texts_per_call, retries: only valid with backend 'remote'"):
-        ModelSpec(backend="cross-encoder", source="BAAI/bge-reranker-base", retries=3, max_texts_per_call=8)
+        CrossEncoderSpec(source="BAAI/bge-reranker-base", retries=3, max_texts_per_call=8)
 
 
 @pytest.mark.parametrize("source", ["rerank-gpu:7997", "ftp://host/", "http://", "http://host/?q=1"])
 def test_remote_source_must_be_a_base_url(source: str) -> None:
     with pytest.raises(ValidationError, match="base URL"):
-        ModelSpec(backend="remote", source=source)
+        RemoteSpec(source=source)
 
 
 def test_count_tokens_is_a_word_count() -> None:
-    scorer = RemoteScorer(ModelSpec(backend="remote", source="http://127.0.0.1:9"))
+    scorer = RemoteScorer(RemoteSpec(source="http://127.0.0.1:9"))
     try:
         assert scorer.count_tokens(["  vitamin C\tdeficiency\n", ""]) == [3, 0]
     finally:

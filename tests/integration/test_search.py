@@ -8,7 +8,7 @@ import pytest
 
 from rerank.ranking import Fusion, rank
 from rerank.registry import load_scorer
-from rerank.spec import ModelSpec
+from rerank.spec import BiEncoderSpec
 from rerank.text import TextConfig, build_document_text
 from tests.integration.conftest import WINDOW, raw, without_took
 from tests.proxyrunner import MINILM
@@ -21,7 +21,7 @@ TEXT = TextConfig(fields=["title", "text"], max_tokens=256)
 
 @pytest.fixture(scope="module")
 def minilm():
-    return load_scorer("minilm", ModelSpec(**MINILM))
+    return load_scorer("minilm", BiEncoderSpec(**MINILM))
 
 
 def match(query: str = QUERY) -> dict:

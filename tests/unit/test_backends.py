@@ -19,7 +19,7 @@ from rerank.bi_encoder import BiEncoderScorer, pool, pooling_mode
 from rerank.cross_encoder import CrossEncoderScorer
 from rerank.loading import pick_device, resolve_source
 from rerank.registry import load_scorer
-from rerank.spec import CPU_BATCH_TOKENS, ModelSpec
+from rerank.spec import CPU_BATCH_TOKENS, SPEC_TYPES, BiEncoderSpec, CrossEncoderSpec
 from rerank_proxy_tools.models import MINILM_PACKAGE, MINILM_SOURCE, make_tiny_cross_encoder
 
 QUERIES = ["vitamin C deficiency causes scurvy", "smoking increases the risk of lung cancer"]
@@ -51,7 +51,7 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def minilm() -> BiEncoderScorer:
     # A small batch size so the documents span several padded batches.
-    return BiEncoderScorer(ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, batch_size=7), name="minilm")
+    return BiEncoderScorer(BiEncoderSpec(source=MINILM_SOURCE, batch_size=7), name="minilm")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_cross_encoder_parity_with_crossencoder_predict(
     tmp_path: Path, num_labels: int, activation_fn: str | None
 ) -> None:
     folder = make_tiny_cross_encoder(tmp_path, num_labels=num_labels, activation_fn=activation_fn)
-    scorer = CrossEncoderScorer(ModelSpec(backend="cross-encoder", source=str(folder), batch_size=6))
+    scorer = CrossEncoderScorer(CrossEncoderSpec(source=str(folder), batch_size=6))
     query = QUERIES[0]
 
     predicted = CrossEncoder(str(folder), device="cpu").predict([(query, doc) for doc in SENTENCES])
@@ -97,12 +97,12 @@ def test_cross_encoder_parity_with_crossencoder_predict(
 
 def test_cross_encoder_saved_identity_returns_raw_logits(tmp_path: Path) -> None:
     folder = make_tiny_cross_encoder(tmp_path, activation_fn="torch.nn.modules.linear.Identity")
-    scores = CrossEncoderScorer(ModelSpec(backend="cross-encoder", source=str(folder))).score(QUERIES[0], SENTENCES)
+    scores = CrossEncoderScorer(CrossEncoderSpec(source=str(folder))).score(QUERIES[0], SENTENCES)
     assert any(s < 0 or s > 1 for s in scores)  # sigmoid outputs would all lie in (0, 1)
 
 
 def test_cross_encoder_cuts_document_past_max_length(tiny_ce_dir: Path) -> None:
-    scorer = CrossEncoderScorer(ModelSpec(backend="cross-encoder", source=str(tiny_ce_dir), max_length=32))
+    scorer = CrossEncoderScorer(CrossEncoderSpec(source=str(tiny_ce_dir), max_length=32))
     long_doc = " ".join(SENTENCES[:4])  # far past 32 tokens already
     short_query, long_query = QUERIES[0], " ".join(SENTENCES[4:8])
 
@@ -126,7 +126,7 @@ def test_bi_encoder_reads_mean_pooling_and_trained_length_from_folder(minilm: Bi
 
 def test_empty_document_list_scores_nothing(minilm: BiEncoderScorer, tiny_ce_dir: Path) -> None:
     assert minilm.score("anything", []) == []
-    assert CrossEncoderScorer(ModelSpec(backend="cross-encoder", source=str(tiny_ce_dir))).score("q", []) == []
+    assert CrossEncoderScorer(CrossEncoderSpec(source=str(tiny_ce_dir))).score("q", []) == []
 
 
 def test_count_tokens_counts_text_without_special_tokens(minilm: BiEncoderScorer) -> None:
@@ -136,7 +136,7 @@ def test_count_tokens_counts_text_without_special_tokens(minilm: BiEncoderScorer
 
 def test_encoded_pairs_keep_about_four_bytes_a_token_while_they_wait(tiny_ce_dir: Path) -> None:
     # The engine holds every queued search's encodings: lists of Python ints would take 36+ bytes a token.
-    scorer = CrossEncoderScorer(ModelSpec(backend="cross-encoder", source=str(tiny_ce_dir)))
+    scorer = CrossEncoderScorer(CrossEncoderSpec(source=str(tiny_ce_dir)))
     docs = [" ".join(f"w{i}x{j}" for j in range(60)) for i in range(100)]
     gc.collect()
     tracemalloc.start()
@@ -198,18 +198,18 @@ def test_local_folder_and_hub_id_sources_are_left_as_is(tiny_ce_dir: Path) -> No
 @pytest.mark.parametrize("source", ["package:no_such_model_package", "/no/such/model/folder", "./missing-model"])
 def test_missing_source_raises_model_load_error_naming_it(source: str) -> None:
     with pytest.raises(ModelLoadError, match=re.escape(source)):
-        load_scorer("m", ModelSpec(backend="cross-encoder", source=source))
+        load_scorer("m", CrossEncoderSpec(source=source))
 
 
 def test_folder_without_a_model_raises_model_load_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=re.escape(str(tmp_path)) + ".*no config.json"):
-        load_scorer("m", ModelSpec(backend="bi-encoder", source=str(tmp_path)))
+        load_scorer("m", BiEncoderSpec(source=str(tmp_path)))
 
 
 def test_folder_without_weights_raises_model_load_error_with_the_cause(tmp_path: Path, tiny_ce_dir: Path) -> None:
     (tmp_path / "config.json").write_bytes((tiny_ce_dir / "config.json").read_bytes())
     with pytest.raises(ModelLoadError, match=re.escape(str(tmp_path)) + ".*OSError"):
-        load_scorer("m", ModelSpec(backend="cross-encoder", source=str(tmp_path)))
+        load_scorer("m", CrossEncoderSpec(source=str(tmp_path)))
 
 
 def test_package_without_model_folder_raises_model_load_error() -> None:
@@ -238,7 +238,7 @@ def test_explicit_device_is_taken_as_written() -> None:
 
 
 def test_load_scorer_picks_backend_by_spec_and_keeps_config_name(tiny_ce_dir: Path) -> None:
-    scorer = load_scorer("my-reranker", ModelSpec(backend="cross-encoder", source=str(tiny_ce_dir)))
+    scorer = load_scorer("my-reranker", CrossEncoderSpec(source=str(tiny_ce_dir)))
     assert isinstance(scorer, CrossEncoderScorer) and isinstance(scorer, Scorer)
     assert scorer.name == "my-reranker"
 
@@ -246,7 +246,7 @@ def test_load_scorer_picks_backend_by_spec_and_keeps_config_name(tiny_ce_dir: Pa
 def test_threads_setting_is_applied_to_torch(tiny_ce_dir: Path) -> None:
     before = torch.get_num_threads()
     try:
-        CrossEncoderScorer(ModelSpec(backend="cross-encoder", source=str(tiny_ce_dir), threads=1))
+        CrossEncoderScorer(CrossEncoderSpec(source=str(tiny_ce_dir), threads=1))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -270,7 +270,7 @@ def test_calls_are_cut_by_the_token_budget_and_scores_do_not_depend_on_the_cut(
     backend: str, tiny_ce_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = MINILM_SOURCE if backend == "bi-encoder" else str(tiny_ce_dir)
-    whole = load_scorer("whole", ModelSpec(backend=backend, source=source))
+    whole = load_scorer("whole", SPEC_TYPES[backend](source=source))
     budget = 64  # three or four of SENTENCES per call
     cut = load_scorer("cut", whole.spec.model_copy(update={"max_batch_tokens": budget}))
     assert (whole.max_batch_tokens, cut.max_batch_tokens) == (CPU_BATCH_TOKENS, budget)

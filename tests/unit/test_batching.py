@@ -11,7 +11,8 @@ from rerank.spec import (
     ACCELERATOR_BATCH_TOKENS,
     CPU_BATCH_PAIRS,
     CPU_BATCH_TOKENS,
-    ModelSpec,
+    BiEncoderSpec,
+    MxbaiV2Spec,
 )
 
 
@@ -45,20 +46,20 @@ def test_no_inputs_make_no_calls() -> None:
 @pytest.mark.parametrize(("device", "expected"), [("cpu", CPU_BATCH_TOKENS), ("cuda", ACCELERATOR_BATCH_TOKENS),
                                                   ("mps", ACCELERATOR_BATCH_TOKENS)])
 def test_call_budget_defaults_by_device_and_an_explicit_one_wins(device: str, expected: int) -> None:
-    assert ModelSpec(backend="bi-encoder", source="m").batch_tokens(device) == expected
-    assert ModelSpec(backend="bi-encoder", source="m", max_batch_tokens=777).batch_tokens(device) == 777
+    assert BiEncoderSpec(source="m").batch_tokens(device) == expected
+    assert BiEncoderSpec(source="m", max_batch_tokens=777).batch_tokens(device) == 777
     assert CPU_BATCH_TOKENS < ACCELERATOR_BATCH_TOKENS
 
 
 @pytest.mark.parametrize(("device", "expected"), [("cpu", CPU_BATCH_PAIRS), ("cuda", ACCELERATOR_BATCH_PAIRS),
                                                   (None, ACCELERATOR_BATCH_PAIRS)])
 def test_pairs_per_call_default_by_device_and_an_explicit_one_wins(device: str | None, expected: int) -> None:
-    assert ModelSpec(backend="bi-encoder", source="m").batch_pairs(device) == expected
-    assert ModelSpec(backend="bi-encoder", source="m", batch_size=7).batch_pairs(device) == 7
+    assert BiEncoderSpec(source="m").batch_pairs(device) == expected
+    assert BiEncoderSpec(source="m", batch_size=7).batch_pairs(device) == 7
 
 
 def test_on_an_accelerator_the_token_budget_not_the_pair_count_cuts_calls() -> None:
     # ~440-token pairs (mxbai-v2 with 250-token documents): the budget, not the pair cap, must end each call.
-    spec = ModelSpec(backend="mxbai-v2", source="m")
+    spec = MxbaiV2Spec(source="m")
     calls = token_batches([440] * 200, spec.batch_pairs("cuda"), spec.batch_tokens("cuda"))
     assert [len(call) for call in calls][:2] == [ACCELERATOR_BATCH_TOKENS // 440] * 2

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from rerank.bi_encoder import BiEncoderScorer
-from rerank.spec import ModelSpec
+from rerank.spec import BiEncoderSpec
 from rerank_proxy_tools.models import MINILM_SOURCE
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -12,12 +12,12 @@ DOCS = ["Vitamin D and bone density.", "Smoking causes lung cancer.", "A short o
 
 @pytest.fixture(scope="module")
 def scorer():
-    return BiEncoderScorer(ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, cache_entries=3))
+    return BiEncoderScorer(BiEncoderSpec(source=MINILM_SOURCE, cache_entries=3))
 
 
 @pytest.fixture(scope="module")
 def roomy():
-    return BiEncoderScorer(ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, cache_entries=100))
+    return BiEncoderScorer(BiEncoderSpec(source=MINILM_SOURCE, cache_entries=100))
 
 
 def counting(scorer, monkeypatch):

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from rerank.circuit import CircuitBreaker
 from rerank.engine import CircuitOpen, ModelUnavailable, Overloaded, ScoringEngine
-from rerank.spec import CircuitSettings, ModelSpec
+from rerank.spec import CircuitSettings, CrossEncoderSpec, RemoteSpec
 from tests.scorers import Overlap
 
 _names = itertools.count()
@@ -154,20 +154,20 @@ def test_a_disabled_breaker_never_opens() -> None:
 
 
 def test_circuit_settings_defaults_and_validation() -> None:
-    spec = ModelSpec(backend="cross-encoder", source="x")
+    spec = CrossEncoderSpec(source="x")
     assert spec.circuit == CircuitSettings(enabled=True, failures=5, open_s=10.0)
     # not a remote-only field: fine on a local backend, and on a remote one
-    assert ModelSpec(backend="cross-encoder", source="x", circuit={"failures": 2}).circuit.failures == 2
-    assert ModelSpec(backend="remote", source="http://r:7997", circuit={"open_s": 1}).circuit.open_s == 1
+    assert CrossEncoderSpec(source="x", circuit={"failures": 2}).circuit.failures == 2
+    assert RemoteSpec(source="http://r:7997", circuit={"open_s": 1}).circuit.open_s == 1
     for bad in ({"failures": 0}, {"open_s": 0}, {"unknown": 1}):
         with pytest.raises(ValidationError, match="circuit"):
-            ModelSpec(backend="cross-encoder", source="x", circuit=bad)
+            CrossEncoderSpec(source="x", circuit=bad)
 
 
 # ---- in the engine ----------------------------------------------------------------------------------------------
 async def serving(scorer: Overlap, clock: Clock, max_queue: int = 256, **circuit: object) -> tuple[ScoringEngine, str]:
     name = f"c{next(_names)}"
-    spec = ModelSpec(backend="cross-encoder", source="test", circuit=circuit)
+    spec = CrossEncoderSpec(source="test", circuit=circuit)
     engine = ScoringEngine({name: spec}, loader=lambda _name, _spec: scorer, max_queue=max_queue, clock=clock)
     await engine.start()
     return engine, name
@@ -225,7 +225,7 @@ async def test_a_search_that_scored_nothing_by_its_deadline_counts_as_a_failure(
 async def test_a_partial_search_counts_as_a_failure() -> None:
     scorer, clock = Overlap(), Clock()
     name = f"c{next(_names)}"
-    spec = ModelSpec(backend="cross-encoder", source="test", batch_size=1, circuit={"failures": 1})
+    spec = CrossEncoderSpec(source="test", batch_size=1, circuit={"failures": 1})
     engine = ScoringEngine({name: spec}, loader=lambda _n, _s: scorer, clock=clock)
     await engine.start()
     original = scorer.score_pairs

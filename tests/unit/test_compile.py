@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 
 from rerank import loading
 from rerank.registry import load_scorer
-from rerank.spec import ModelSpec
+from rerank.spec import SPEC_TYPES, BiEncoderSpec, CrossEncoderSpec, MxbaiV2Spec, RemoteSpec
 from rerank_proxy_tools.models import MINILM_SOURCE, make_tiny_cross_encoder
 from rerank_proxy_tools.qwen import make_tiny_qwen2
 
@@ -48,7 +48,7 @@ def test_a_compiled_model_scores_as_the_uncompiled_one_and_compiles_only_at_load
     backend: str, sources: dict[str, str]
 ) -> None:
     # Small calls, so one search makes calls of one input and of several: the two graphs torch builds.
-    spec = ModelSpec(backend=backend, source=sources[backend], max_batch_tokens=96)
+    spec = SPEC_TYPES[backend](source=sources[backend], max_batch_tokens=96)
     eager = load_scorer("eager", spec)
     with ThreadPoolExecutor(1) as thread:  # loaded where the engine loads it: off the main thread
         compiled = thread.submit(load_scorer, "compiled", spec.model_copy(update={"compile": True})).result()
@@ -65,7 +65,7 @@ def test_one_graph_serves_every_block(sources: dict[str, str]) -> None:
     # block's time. MiniLM has 6 blocks; a batch of one and bigger batches are the two graphs.
     torch._dynamo.reset()
     counters.clear()
-    scorer = load_scorer("bi", ModelSpec(backend="bi-encoder", source=sources["bi-encoder"], compile=True))
+    scorer = load_scorer("bi", BiEncoderSpec(source=sources["bi-encoder"], compile=True))
 
     assert len(loading.repeated_blocks(scorer.module) or []) == 6
     assert 1 <= counters["stats"]["unique_graphs"] <= 2
@@ -80,7 +80,7 @@ def test_a_model_that_fails_to_compile_serves_uncompiled(
     sources: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(loading.torch, "compile", lambda block, **_: FailingBlock())
-    spec = ModelSpec(backend="cross-encoder", source=sources["cross-encoder"])
+    spec = CrossEncoderSpec(source=sources["cross-encoder"])
     with caplog.at_level(logging.WARNING, logger="rerank.loading"):
         scorer = load_scorer("ce", spec.model_copy(update={"compile": True}))
 
@@ -91,11 +91,11 @@ def test_a_model_that_fails_to_compile_serves_uncompiled(
 
 def test_compile_is_rejected_on_the_remote_backend() -> None:
     with pytest.raises(ValidationError, match="compile: only valid with a local backend"):
-        ModelSpec(backend="remote", source="http://rerank-gpu:7997", compile=True)
+        RemoteSpec(source="http://rerank-gpu:7997", compile=True)
 
 
 def test_compile_auto_means_cuda_only_and_an_explicit_value_wins() -> None:
-    auto = ModelSpec(backend="mxbai-v2", source="mixedbread-ai/mxbai-rerank-base-v2")
+    auto = MxbaiV2Spec(source="mixedbread-ai/mxbai-rerank-base-v2")
 
     assert (auto.compile, auto.compiles("cuda"), auto.compiles("cpu"), auto.compiles("mps")) == ("auto", True, False,
                                                                                                  False)
@@ -105,7 +105,7 @@ def test_compile_auto_means_cuda_only_and_an_explicit_value_wins() -> None:
 
 def test_a_model_on_a_cpu_runs_uncompiled_by_default(sources: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="rerank.loading"):
-        scorer = load_scorer("ce", ModelSpec(backend="cross-encoder", source=sources["cross-encoder"]))
+        scorer = load_scorer("ce", CrossEncoderSpec(source=sources["cross-encoder"]))
 
     assert scorer.compiled is False
     assert "model ce: ready on cpu, float32, not compiled" in caplog.text
@@ -113,4 +113,4 @@ def test_a_model_on_a_cpu_runs_uncompiled_by_default(sources: dict[str, str], ca
 
 
 def test_the_remote_backend_takes_the_default_compile() -> None:
-    assert ModelSpec(backend="remote", source="http://rerank-gpu:7997").compile == "auto"
+    assert RemoteSpec(source="http://rerank-gpu:7997").compile == "auto"

@@ -25,7 +25,7 @@ from rerank.engine import (
     Overloaded,
     ScoringEngine,
 )
-from rerank.spec import ModelSpec
+from rerank.spec import BiEncoderSpec, CrossEncoderSpec, ModelSpec, MxbaiV2Spec
 from tests.scorers import Overlap, overlap
 
 _names = itertools.count()
@@ -85,7 +85,7 @@ class ScoreOnly:
 async def started(scorer: object, max_queue: int = 256, **knobs: object) -> tuple[ScoringEngine, str]:
     """An engine serving `scorer` under a fresh model name (metrics are process-wide), warm-up call forgotten."""
     name = f"m{next(_names)}"
-    spec = ModelSpec(backend="cross-encoder", source="test", **knobs)
+    spec = CrossEncoderSpec(source="test", **knobs)
     engine = ScoringEngine({name: spec}, loader=lambda _name, _spec: scorer, max_queue=max_queue)
     await engine.start()
     scorer.calls.clear()  # type: ignore[attr-defined]
@@ -416,7 +416,7 @@ async def test_model_load_failure_is_unavailable_with_the_reason_in_states() -> 
     def broken(name: str, spec: ModelSpec) -> Overlap:
         raise ModelLoadError("model 'x': no such model folder")
 
-    engine = ScoringEngine({"x": ModelSpec(backend="cross-encoder", source="x")}, loader=broken)
+    engine = ScoringEngine({"x": CrossEncoderSpec(source="x")}, loader=broken)
     await engine.start()
     # retried after load_retry_s (1 s by default, a little jitter): the state says when
     assert engine.states() == {"x": "error: ModelLoadError: model 'x': no such model folder (retrying in 1s)"}
@@ -444,7 +444,7 @@ async def test_unloading_a_model_fails_its_waiting_searches_as_unavailable() -> 
 
 async def test_plain_model_spec_gets_the_engine_defaults() -> None:
     scorer = Overlap()
-    engine = ScoringEngine({"m": ModelSpec(backend="cross-encoder", source="t")}, loader=lambda n, s: scorer)
+    engine = ScoringEngine({"m": CrossEncoderSpec(source="t")}, loader=lambda n, s: scorer)
     await engine.start()
     assert engine.states() == {"m": "ready"}
     assert await engine.score("m", "q", ["q", "r"], 5) == [1.0, 0.0]
@@ -496,21 +496,21 @@ async def engine_matches_direct_scores(spec: ModelSpec) -> None:
 async def test_engine_scores_equal_direct_scores_with_minilm_bi_encoder() -> None:
     from rerank_proxy_tools.models import MINILM_SOURCE
 
-    await engine_matches_direct_scores(ModelSpec(backend="bi-encoder", source=MINILM_SOURCE, batch_size=4))
+    await engine_matches_direct_scores(BiEncoderSpec(source=MINILM_SOURCE, batch_size=4))
 
 
 async def test_engine_scores_equal_direct_scores_with_a_cross_encoder(tmp_path: Path) -> None:
     from rerank_proxy_tools.models import make_tiny_cross_encoder
 
     folder = make_tiny_cross_encoder(tmp_path / "ce")
-    await engine_matches_direct_scores(ModelSpec(backend="cross-encoder", source=str(folder), batch_size=4))
+    await engine_matches_direct_scores(CrossEncoderSpec(source=str(folder), batch_size=4))
 
 
 async def test_engine_scores_equal_direct_scores_with_mxbai_v2(tmp_path: Path) -> None:
     from rerank_proxy_tools.qwen import make_tiny_qwen2
 
     make_tiny_qwen2(tmp_path / "qwen")
-    await engine_matches_direct_scores(ModelSpec(backend="mxbai-v2", source=str(tmp_path / "qwen"), batch_size=4))
+    await engine_matches_direct_scores(MxbaiV2Spec(source=str(tmp_path / "qwen"), batch_size=4))
 
 
 async def test_micro_batches_follow_the_call_budget_the_backend_reports() -> None:

@@ -26,7 +26,7 @@ from rerank.engine import (
     load_retry_wait,
     redact,
 )
-from rerank.spec import ModelSpec
+from rerank.spec import CrossEncoderSpec, ModelSpec, RemoteSpec
 
 _names = itertools.count()
 FAST_RETRY = {"load_retry_s": 0.01, "load_retry_max_s": 0.02}
@@ -37,7 +37,7 @@ def metric(name: str, **labels: str) -> float:
 
 
 def spec(**knobs: object) -> ModelSpec:
-    return ModelSpec(backend="cross-encoder", source="test", **knobs)
+    return CrossEncoderSpec(source="test", **knobs)
 
 
 def fresh_name() -> str:
@@ -210,7 +210,7 @@ def test_load_retry_settings_are_validated() -> None:
         with pytest.raises(ValidationError, match="load_retry"):
             spec(**bad)
     # not remote-only: a remote backend takes them too
-    assert ModelSpec(backend="remote", source="http://r:7997", load_retry_s=0.5).load_retry_s == 0.5
+    assert RemoteSpec(source="http://r:7997", load_retry_s=0.5).load_retry_s == 0.5
 
 
 async def test_close_stops_the_retries() -> None:

@@ -35,7 +35,7 @@ def test_gpu_bench_runs_the_sweep_and_the_engine_on_cpu(capsys: pytest.CaptureFi
 
 
 def test_gpu_bench_runs_as_the_product_would_on_the_device_by_default(capsys: pytest.CaptureFixture[str]) -> None:
-    # On a CPU the product shares the prefix and does not compile (rerank/mxbai.py, ModelSpec.compiles).
+    # On a CPU the product shares the prefix and does not compile (rerank/mxbai.py, LocalSpec.compiles).
     gpu_bench.main(["--tiny", "--queries", "1", "--docs", "4", "--doc-tokens", "20", "--batch-sizes", "4",
                     "--concurrency", "0", "--vocab", "test"])
     assert [row[1:4] for row in table_rows(capsys.readouterr().out, "tiny")] == [["4", "no", "yes"]]

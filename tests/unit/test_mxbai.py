@@ -28,7 +28,7 @@ from rerank.mxbai import (
     query_part,
 )
 from rerank.registry import load_scorer
-from rerank.spec import ModelSpec
+from rerank.spec import CrossEncoderSpec, MxbaiV2Spec
 from rerank_proxy_tools.qwen import (
     TINY_CONFIG,
     TINY_STD,
@@ -62,7 +62,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def scorer(folder: Path, **fields: Any) -> MxbaiV2Scorer:
-    return MxbaiV2Scorer(ModelSpec(backend="mxbai-v2", source=str(folder), **fields), name="mxbai")
+    return MxbaiV2Scorer(MxbaiV2Spec(source=str(folder), **fields), name="mxbai")
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_explicit_max_length_is_kept_and_cpu_default_dtype_is_float32(tiny_dir: 
     ids=["gpu-defaults-to-bfloat16", "gpu-explicit-float32-kept", "cpu-defaults-to-float32"],
 )
 def test_dtype_defaults_to_bfloat16_on_gpu_only(fields: dict[str, str], dtype: str) -> None:
-    spec = backend_defaults(ModelSpec(backend="mxbai-v2", source="mixedbread-ai/mxbai-rerank-base-v2", **fields))
+    spec = backend_defaults(MxbaiV2Spec(source="mixedbread-ai/mxbai-rerank-base-v2", **fields))
 
     assert spec.dtype == dtype
 
@@ -296,14 +296,14 @@ def test_no_documents_score_nothing(tiny: MxbaiV2Scorer) -> None:
 
 
 def test_registry_loads_mxbai_v2(tiny_dir: Path) -> None:
-    loaded = load_scorer("rr", ModelSpec(backend="mxbai-v2", source=str(tiny_dir)))
+    loaded = load_scorer("rr", MxbaiV2Spec(source=str(tiny_dir)))
 
     assert isinstance(loaded, MxbaiV2Scorer) and loaded.name == "rr"
 
 
 def test_instruction_is_rejected_for_other_backends() -> None:
     with pytest.raises(ValueError, match="instruction"):
-        ModelSpec(backend="cross-encoder", source="x", instruction="Prefer causes.")
+        CrossEncoderSpec(source="x", instruction="Prefer causes.")
 
 
 # --- parity with mixedbread's mxbai-rerank ------------------------------------------------------------------

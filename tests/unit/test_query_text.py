@@ -316,3 +316,11 @@ def test_query_path_text_is_not_treated_as_lucene() -> None:
 )
 def test_lucene_to_text(lucene: str, words: str) -> None:
     assert lucene_to_text(lucene) == words
+
+
+def test_query_path_reads_no_dotted_key_and_walks_no_list() -> None:
+    # unlike a `text.fields` path into _source (rerank.text.resolve_path's default), a body path is exact
+    body = {"query": {"match": {"t": "fallback"}}, "ext": {"a.b": "dotted", "l": [{"q": "listed"}]}}
+    assert extract_query_text(body, {}, query_path="ext.a.b") == "fallback"
+    assert extract_query_text(body, {}, query_path="ext.l.q") == "fallback"
+    assert extract_query_text(body, {}, query_path="ext.l.0.q") == "listed"
