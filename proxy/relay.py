@@ -183,6 +183,7 @@ class ClientBody:
 
 
 _UNDECIDED = object()
+_AS_SENT = PassThrough(None)  # what an unclaimed request is
 
 
 @dataclass(slots=True)
@@ -523,15 +524,13 @@ class ClientConnection(asyncio.Protocol):
         if not body.finished or head.chunked or not head.target.startswith(b"/"):
             return False
         decision = self._decide(incoming)
-        extra: Sequence[bytes] = ()
         if decision is None:
-            data = body.whole()
-        elif isinstance(decision, PassThrough):
-            data = body.whole() if decision.body is None else decision.body
-            extra = decision.extra_lines
-        else:
+            decision = _AS_SENT
+        elif not isinstance(decision, PassThrough):
             return False  # the application's to answer
-        framed, lines = _framing(head, data)
+        data = body.whole() if decision.body is None else decision.body
+        framed, lines = _framing(head, decision.body)  # as `_pass` frames it: the client's own body keeps its line
+        extra = decision.extra_lines
         self._fast = incoming
         exchange = self.server.app.upstream.start(
             head.method, head.target, lines, data or None, _ClientSink(self, head, extra), self._served,

@@ -25,6 +25,7 @@ class _Cluster:
     def __init__(self, close_second: bool = False) -> None:
         self.close_second = close_second
         self.seen: list[tuple[int, bytes]] = []  # (connection number, path) of every request read
+        self.heads: list[bytes] = []  # every request head as it arrived
         self.connections = 0
         self.hung = asyncio.Event()
         self.hung_closed = asyncio.Event()
@@ -35,6 +36,7 @@ class _Cluster:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
                 path = head.split(b" ", 2)[1]
                 length = _content_length(head)
                 if length:
@@ -163,6 +165,17 @@ async def test_a_retried_request_keeps_its_body() -> None:
     writer.write(b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody")
     assert await _answer(reader) == (b"HTTP/1.1 200 OK", b"/post body")
     assert front.cluster.seen == [(1, b"/warm"), (1, b"/post body"), (2, b"/post body")]
+    writer.close()
+    await front.close()
+
+
+async def test_a_body_goes_on_with_the_clients_own_content_length_line() -> None:
+    front = await _front(_Cluster())
+    await _warm(front)
+    reader, writer = await front.client()
+    writer.write(b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 04\r\nX-A: 1\r\n\r\nbody")
+    assert await _answer(reader) == (b"HTTP/1.1 200 OK", b"/post body")
+    assert front.cluster.heads[-1].split(b"\r\n")[2:] == [b"Content-Length: 04", b"X-A: 1", b"", b""]
     writer.close()
     await front.close()
 
