@@ -1,4 +1,5 @@
-"""The proxy's own endpoints under `/_rerank_proxy/`: liveness, readiness, health, metrics, config reload.
+"""The proxy's own endpoints under `/_rerank_proxy/`: liveness, readiness, health, metrics, config reload, the
+experiments' verdicts and their click events.
 
 They answer on the admin listener (loopback by default), or on the data port behind a bearer token; never to a
 data-port client that has no token.
@@ -15,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import AdminOptions, ConfigError
 from .errors import es_error_reply
+from .events import events_reply
+from .relay import Incoming
 from .wire import HeaderView, Reply, RequestHead, header_line, json_reply
 
 ADMIN_PREFIX = "/_rerank_proxy/"
@@ -48,16 +51,27 @@ class AdminGuard:
         scheme, _, given = HeaderView(head.pairs).get("Authorization", "").strip().partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1"), self.token)
 
-    async def answer(self, head: RequestHead, server: Any) -> Reply:
-        if not self.allows(head):
+    async def answer(self, incoming: Incoming, server: Any) -> Reply:
+        if not self.allows(incoming.head):
             reply = es_error_reply(401, "security_exception", "the admin endpoints need a valid bearer token")
             reply.lines.append(_CHALLENGE)
             return reply
-        return await admin_reply(head, server)
+        return await admin_reply(incoming, server)
 
 
-async def admin_reply(head: RequestHead, server: Any) -> Reply:
+async def events_answer(incoming: Incoming, state: Any) -> Reply:
+    """`POST .../events`, on the admin listener or (`events.listener: data`) the data port."""
+    options = state.config.events
+    if incoming.head.method != "POST":
+        return es_error_reply(405, "rerank_proxy_events_exception",
+                              f"[{incoming.head.method}] is not allowed on the events endpoint; use POST")
+    body = await incoming.body.read(options.max_body_bytes)
+    return events_reply(body, state.experiments, options, state.capture)
+
+
+async def admin_reply(incoming: Incoming, server: Any) -> Reply:
     """`server`: the ProxyServer, whose `state` is read at the time and whose `reload()` may replace it."""
+    head = incoming.head
     state = server.state
     action = head.path[len(ADMIN_PREFIX):].strip("/")
     method = head.method
@@ -74,6 +88,10 @@ async def admin_reply(head: RequestHead, server: Any) -> Reply:
             body = {"status": "green" if healthy else "degraded", "draining": server.draining, "models": models,
                     "upstreams": state.upstream.urls}
             return json_reply(200, orjson.dumps(body))
+    if action == "experiments" and method == "GET":
+        return json_reply(200, orjson.dumps(state.experiments.summary(state.config)))
+    if action == "events":
+        return await events_answer(incoming, state)
     if action == "metrics" and method == "GET":
         return Reply(200, b"OK", [header_line(b"Content-Type", CONTENT_TYPE_LATEST.encode())], generate_latest())
     if action == "reload" and method == "POST":

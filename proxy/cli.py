@@ -1,4 +1,4 @@
-"""`rerank-proxy serve | demo | eval`: the console script."""
+"""`rerank-proxy serve | demo | eval | replay`: the console script."""
 from __future__ import annotations
 
 import argparse
@@ -143,6 +143,20 @@ def main(argv: list[str] | None = None) -> int:
                           help="each document's text is a JSON object: index its fields beside the title, and "
                                "rerank on the whole source flattened (unless --config says otherwise)")
 
+    replay = commands.add_parser("replay", help="score captured searches with a candidate config, against what "
+                                 "was served")
+    replay.add_argument("capture", type=Path, nargs="+", help="capture JSONL file(s), rotated ones included")
+    replay.add_argument("--config", type=Path, required=True, help="the candidate configuration")
+    replay.add_argument("--variant", help="replay with this variant of the candidate config")
+    replay.add_argument("--upstream", help="where documents are fetched (default: the config's first upstream)")
+    replay.add_argument("--fetch", action="store_true", help="fetch documents even when the capture holds texts")
+    replay.add_argument("--qrels", type=Path, help="judgments (BEIR qrels TSV); needs --queries")
+    replay.add_argument("--queries", type=Path, help="BEIR queries.jsonl: maps captured query texts to qrels ids")
+    replay.add_argument("--json", type=Path, help="write the summary and every search's numbers here")
+    replay.add_argument("--plot", type=Path, help="PNG of the per-search agreement (needs matplotlib)")
+    replay.add_argument("--concurrency", type=int, default=4, help="searches replayed at once (default 4)")
+    replay.add_argument("--max-searches", type=int, help="replay only the first N captured searches")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
@@ -157,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             signal.signal(signal.SIGTERM, _interrupt)  # unwind, so an index the eval created is deleted
             return int(evaluate.run_eval(evaluate.EvalOptions.from_namespace(args)))
+        if args.command == "replay":
+            replayer = _tools_module("replay", "replay")
+            return 2 if replayer is None else int(replayer.run_replay(args))
         demo = _tools_module("demo", "demo")
         if demo is None:
             return 2

@@ -40,6 +40,15 @@ class TemplateParams(_Strict):
 
 
 
+class Shadow(_Strict):
+    """A second model that scores a sample of the reranked searches' windows after their answers have gone, so its
+    agreement with the served order is measured on live traffic before it serves anyone."""
+
+    model: str = Field(description="a key of `models`")
+    sample: float = Field(0.1, ge=0, le=1, description="the share of reranked searches scored again")
+    timeout_ms: int = Field(30_000, gt=0, description="the shadow model's time per search before it is given up")
+
+
 class RerankSettings(_Strict):
     """The knobs a search is reranked with: `defaults`, overridden by an index rule, overridden by a variant."""
 
@@ -59,6 +68,9 @@ class RerankSettings(_Strict):
     languages: Languages | None = Field(
         None, description="the query languages reranked here (ISO 639-1 codes, or any); default: the model's"
     )
+    shadow: Shadow | None = Field(None, description="score a sample of these searches with a second model as well")
+    capture_sample: float | None = Field(None, ge=0, le=1, description="share of these searches captured; default: "
+                                         "capture.sample")
 
 
 def _all_optional(model: type[BaseModel]) -> dict[str, Any]:
@@ -111,6 +123,63 @@ class ABSplit(_Strict):
         if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ValueError("weights must be >= 0 and sum to more than 0")
         return self
+
+
+class Experiment(_Strict):
+    """An interleaved experiment: searches of `indices` (a `traffic` percent of them) are served one merged list of
+    the rankings of variants `a` and `b`, and clicks on it say which ranking users prefer."""
+
+    a: str = Field(description="a variant, or `control`")
+    b: str = Field(description="a variant, or `control`")
+    method: Literal["team-draft", "balanced"] = "team-draft"
+    traffic: float = Field(100.0, ge=0, le=100, description="percent of the matching searches interleaved")
+    indices: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        min_length=1, description="index names or patterns (`docs-*`) as the search names them"
+    )
+
+    @model_validator(mode="after")
+    def _two_sides(self) -> Experiment:
+        if self.a == self.b:
+            raise ValueError("a and b name the same variant: there is nothing to compare")
+        return self
+
+    def matches(self, index_expression: str | None) -> bool:
+        """Every index the search names matches a pattern (a search of all indices matches only `*`)."""
+        names = index_expression.split(",") if index_expression else ["*"]
+        return all(any(fnmatch.fnmatchcase(name, p) for p in self.indices) for name in names)
+
+
+class Events(_Strict):
+    """Click events (`POST /_rerank_proxy/events`) and the served searches they are attributed to."""
+
+    listener: Literal["admin", "data"] = Field(
+        "admin", description="`data`: the data port also takes events, without the admin token (a browser beacon)"
+    )
+    credit_types: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        ["click"], min_length=1, description="event types that count as a preference for the document"
+    )
+    ttl_s: float = Field(3600.0, gt=0, description="how long a served search takes events")
+    max_searches: int = Field(50_000, gt=0, description="served searches held for events at most (oldest go)")
+    sticky_header: str | None = Field(
+        "X-Opaque-Id", description="the header naming one user's session: the same query under the same value is "
+        "one merged list, so its pages agree"
+    )
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+
+
+class Capture(_Strict):
+    """A sample of the reranked searches written to rotating JSONL files (see proxy/capture.py)."""
+
+    path: Path = Field(description="the JSONL file; rotated ones get .1, .2, ...")
+    sample: float = Field(0.01, ge=0, le=1, description="share of reranked searches captured (per index or "
+                          "variant: `capture_sample`)")
+    documents: bool = Field(False, description="also write the texts the model read")
+    hash_queries: bool = Field(False, description="write the query text's SHA-256 instead of the text")
+    max_bytes: int = Field(100 * 1024 * 1024, gt=0, description="a file is rotated at this size")
+    backups: int = Field(5, ge=0, description="rotated files kept")
+    queue_records: int = Field(10_000, gt=0, description="records waiting for the writer at most; more are dropped")
+    remember_searches: int = Field(100_000, gt=0, description="captured searches whose events are written")
+    events_ttl_s: float = Field(3600.0, gt=0, description="how long a captured search's events are written")
 
 
 class UpstreamTLS(_Strict):
@@ -189,6 +258,10 @@ class Config(_Strict):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="on SIGTERM: how long requests in flight may take to finish before the exit"
     )
+    shadow_max_in_flight: int = Field(
+        2, gt=0, description="shadow searches scored at once at most; more are dropped, as is any while searches of "
+        "clients wait for a model"
+    )
     max_search_body_bytes: int = Field(
         100 * 1024 * 1024, gt=0, description="a search body larger than this is answered 413 (the clusters' own "
         "`http.max_content_length` is 100 MB)"
@@ -199,6 +272,9 @@ class Config(_Strict):
     indices: list[IndexRule] = []
     variants: dict[str, SettingsOverride] = {}
     ab: ABSplit | None = None
+    experiments: dict[str, Experiment] = {}
+    events: Events = Events()
+    capture: Capture | None = None
 
     @model_validator(mode="after")
     def _references_exist(self) -> Config:
@@ -206,17 +282,27 @@ class Config(_Strict):
             if name is not None and name not in self.models:
                 raise ValueError(f"{where}.model: unknown model {name!r} (models: {', '.join(self.models)})")
 
-        check_model("defaults", self.defaults.model)
+        def check_models(where: str, settings: SettingsOverride | RerankSettings) -> None:
+            check_model(where, settings.model)
+            if settings.shadow is not None:
+                check_model(f"{where}.shadow", settings.shadow.model)
+
+        check_models("defaults", self.defaults)
         for i, rule in enumerate(self.indices):
-            check_model(f"indices.{i}", rule.model)
+            check_models(f"indices.{i}", rule)
         for name, variant in self.variants.items():
-            check_model(f"variants.{name}", variant.model)
+            check_models(f"variants.{name}", variant)
             if name == "control":
                 raise ValueError("variants.control: `control` is reserved for the un-varied settings")
         if self.ab:
             unknown = [n for n in self.ab.weights if n != "control" and n not in self.variants]
             if unknown:
                 raise ValueError(f"ab.weights: unknown variant(s) {', '.join(unknown)}")
+        for name, experiment in self.experiments.items():
+            for side in ("a", "b"):
+                variant = getattr(experiment, side)
+                if variant != "control" and variant not in self.variants:
+                    raise ValueError(f"experiments.{name}.{side}: unknown variant {variant!r}")
         return self
 
     def model_name(self, settings: RerankSettings) -> str:

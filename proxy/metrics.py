@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .experiment_stats import ExperimentSummary
 
 
 class Tally(Collector):
@@ -45,6 +47,60 @@ UPSTREAM_ERRORS = Counter(
 RERANK_SECONDS = Histogram(
     "rerank_proxy_rerank_seconds", "time the proxy added to a reranked search (text building, model, rewriting)",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+EVENTS = Tally(
+    "rerank_proxy_events_total", "click events by type (a credited type, or other) and what became of them",
+    ["type", "result"],
+)
+EXPERIMENT_EXCLUDED = Tally(
+    "rerank_proxy_experiment_excluded_total", "searches of an experiment served by side a alone, not counted",
+    ["experiment", "reason"],
+)
+
+
+class ExperimentGauges(Collector):
+    """Each experiment's tally and verdict, read from the serving proxy's book when scraped (gauges: a later click
+    can turn a win into a tie)."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], Mapping[str, ExperimentSummary]] = dict
+        REGISTRY.register(self)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        summaries = self.read()
+        prefix = "rerank_proxy_experiment_"
+        searches = GaugeMetricFamily(prefix + "searches", "searches served interleaved", labels=["experiment"])
+        clicked = GaugeMetricFamily(prefix + "clicked_searches", "served searches with a credited event",
+                                    labels=["experiment"])
+        outcomes = GaugeMetricFamily(prefix + "outcomes", "clicked searches by which side the clicks preferred",
+                                     labels=["experiment", "outcome"])
+        p_value = GaugeMetricFamily(prefix + "p_value", "two-sided sign test of a's wins against b's",
+                                    labels=["experiment"])
+        share = GaugeMetricFamily(prefix + "a_win_share", "posterior mean share of decisive searches a wins",
+                                  labels=["experiment"])
+        for name, summary in summaries.items():
+            searches.add_metric([name], summary.searches)
+            clicked.add_metric([name], summary.clicked_searches)
+            for outcome, count in (("a", summary.wins_a), ("b", summary.wins_b), ("tie", summary.ties)):
+                outcomes.add_metric([name, outcome], count)
+            p_value.add_metric([name], summary.p_value)
+            share.add_metric([name], summary.a_win_share.mean)
+        yield from (searches, clicked, outcomes, p_value, share)
+
+
+EXPERIMENTS = ExperimentGauges()
+CAPTURED = Tally("rerank_proxy_capture_records_total", "capture records by type and result (queued, dropped, "
+                 "failed)", ["type", "result"])
+SHADOWS = Tally("rerank_proxy_shadow_searches_total", "shadow scorings by model and result (scored, "
+                "dropped-busy, dropped-full, failed)", ["model", "result"])
+SHADOW_SECONDS = Histogram(
+    "rerank_proxy_shadow_seconds", "a shadow model's time per search", ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SHADOW_AGREEMENT = Histogram(
+    "rerank_proxy_shadow_agreement", "agreement of the shadow's order with the served one (overlap_at_10, "
+    "kendall_tau, rbo)", ["model", "measure"],
+    buckets=(-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
 )
 RELOADS = Counter("rerank_proxy_config_reloads_total", "config reloads", ["result"])
 

@@ -12,6 +12,7 @@ class Kind(enum.Enum):
     SEARCH_TEMPLATE = "search_template"
     MSEARCH_TEMPLATE = "msearch_template"
     ADMIN = "admin"  # the proxy's own endpoints, under /_rerank_proxy/
+    EVENTS = "events"  # click events on the data port (`events.listener: data`), no admin token needed
     PASSTHROUGH = "passthrough"
 
 
@@ -32,6 +33,7 @@ class Route:
 
 PASSTHROUGH = Route(Kind.PASSTHROUGH)
 ADMIN = Route(Kind.ADMIN)
+EVENTS = Route(Kind.EVENTS)
 
 
 def classify(method: str, path: str) -> Route:

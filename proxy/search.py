@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from rerank.chunking import chunk_documents
 from rerank.engine import CircuitOpen, ModelLoading, ModelUnavailable, Overloaded, ScoringEngine
-from rerank.ranking import rank, scored_prefix
+from rerank.ranking import RankedHit, rank, scored_prefix
 from rerank.text import build_document_text
 
 from . import metrics
@@ -92,6 +92,7 @@ class Outcome:
     response: Any
     status: str
     took_ms: float
+    scored: Scored | None = None  # None: nothing was scored (an `_msearch` error item)
 
 
 async def _settings(
@@ -245,19 +246,32 @@ _FALLBACK_REASONS: dict[type, str] = {
 }
 
 
-def _cluster_hits(response: Any) -> list[dict[str, Any]] | None:
+def cluster_hits(response: Any) -> list[dict[str, Any]] | None:
     hits = response.get("hits", {}).get("hits") if isinstance(response, dict) else None
     return hits if isinstance(hits, list) else None
 
 
-async def finish(
-    plan: Rerank, response: Any, engine: ScoringEngine, options: RequestOptions, *, opensearch: bool
-) -> Outcome:
-    """Scores the window and rewrites the cluster's response; on any model trouble, the cluster's order.
-    `opensearch`: the cluster's flavour, whose `_source`/`filter_path` shaping differs in detail."""
-    hits = _cluster_hits(response)
-    if hits is None:  # an `_msearch` error item: returned as sent (the cluster never filters errors either)
-        return Outcome(response, "skipped; reason=no-hits", 0.0)
+@dataclass(frozen=True)
+class Scored:
+    """The window of one search as a model ordered it: every hit's new place and how scoring went, with what the
+    model read (kept for shadow scoring and capture: the response rewrite changes the hits in place)."""
+
+    ranking: list[RankedHit]
+    status: str
+    took_ms: float
+    best_chunks: Sequence[int | None] | None = None
+    texts: Sequence[str] = ()  # the window's texts, as the model read them
+    cluster_scores: Sequence[float | None] = ()  # every hit's `_score` from the cluster
+    keys: Sequence[tuple[Any, Any]] = ()  # the window's (`_index`, `_id`)s
+
+
+def cluster_order(hits: Sequence[Any], status: str) -> Scored:
+    return Scored([RankedHit(i, None, None) for i in range(len(hits))], status, 0.0)
+
+
+async def score_hits(plan: Rerank, hits: list[dict[str, Any]], engine: ScoringEngine) -> Scored:
+    """The window scored by the plan's model and fused with the cluster's scores; on any model trouble, the
+    cluster's order with the reason in its status."""
     window = len(hits) if plan.window is None else min(plan.window, len(hits))
     texts = [build_document_text(hit.get("_source"), plan.settings.text) for hit in hits[:window]]
     chunked = chunk_documents(texts, plan.settings.chunking) if plan.settings.chunking else None
@@ -283,9 +297,24 @@ async def finish(
         metrics.FALLBACKS.labels(plan.model, reason).inc()
         scores, status = [None] * window, f"fallback; reason={reason}"
     took_ms = (time.perf_counter() - started) * 1000
-    ranking = rank([hit.get("_score") for hit in hits], scores, plan.settings.fusion)
+    cluster_scores = [hit.get("_score") for hit in hits]
+    ranking = rank(cluster_scores, scores, plan.settings.fusion)
+    keys = [(hit.get("_index"), hit.get("_id")) for hit in hits[:window]]
+    return Scored(ranking, status, took_ms, best_chunks, texts, cluster_scores, keys)
+
+
+async def finish(
+    plan: Rerank, response: Any, engine: ScoringEngine, options: RequestOptions, *, opensearch: bool
+) -> Outcome:
+    """Scores the window and rewrites the cluster's response; on any model trouble, the cluster's order.
+    `opensearch`: the cluster's flavour, whose `_source`/`filter_path` shaping differs in detail."""
+    hits = cluster_hits(response)
+    if hits is None:  # an `_msearch` error item: returned as sent (the cluster never filters errors either)
+        return Outcome(response, "skipped; reason=no-hits", 0.0)
+    scored = await score_hits(plan, hits, engine)
     rewritten = rewrite_hits(
-        response, plan.view, ranking, extra_took_ms=round(took_ms), explain=options.explain, opensearch=opensearch,
-        best_chunks=best_chunks,
+        response, plan.view, scored.ranking, extra_took_ms=round(scored.took_ms), explain=options.explain,
+        opensearch=opensearch, best_chunks=scored.best_chunks,
     )
-    return Outcome(apply_client_filter_path(rewritten, plan.view, opensearch=opensearch), status, took_ms)
+    served = apply_client_filter_path(rewritten, plan.view, opensearch=opensearch)
+    return Outcome(served, scored.status, scored.took_ms, scored)

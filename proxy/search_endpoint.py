@@ -14,12 +14,13 @@ request goes to the cluster again as it came, and its answer is relayed with `fa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gzip
 import re
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -27,12 +28,17 @@ from urllib.parse import quote
 import orjson
 
 from . import metrics
+from .capture import search_record
 from .errors import es_error_reply
+from .experiment_search import finish_interleaved, plan_interleaved
+from .experiments import assign, search_id, session_key
+from .interleaving import search_seed
 from .ndjson import NdjsonError, TooDeep, dumps, item_index, loads, parse_msearch, serialize_msearch, strict_loads
 from .relay import Incoming, PassThrough
 from .resolve import ResultWindows, smallest_result_window
 from .routing import Kind
 from .search import Outcome, Plan, RequestOptions, Rerank, Skip, finish, plan_search, plan_template
+from .shadow import ShadowResult
 from .upstream import Collected
 from .variants import CONTROL, NO_VARIANT, UnknownVariant, VariantChoice, choose_variant
 from .view import apply_filter_path
@@ -217,6 +223,10 @@ class SearchEndpoint:
             body = []  # not an object: the cluster answers with its own parse error
         if body is not None and not isinstance(body, dict):
             return self._skip(search, ["skipped; reason=bad-request"])
+        if kind is Kind.SEARCH and config.experiments and choice.how != "header" and search.options.force is None:
+            interleaved = await self._interleaved(search, index, body)
+            if interleaved is not None:
+                return interleaved
         planner = plan_template if kind is Kind.SEARCH_TEMPLATE else plan_search
         plan = await planner(
             self.state.config, self.state.resolver, index, body, search.params, search.options, self.windows
@@ -233,9 +243,85 @@ class SearchEndpoint:
         try:
             outcome = await finish(plan, document, self.state.engine, search.options, opensearch=_opensearch(reply))
             metrics.RERANK_SECONDS.observe(outcome.took_ms / 1000)
-            return self._reranked(search, reply, outcome.response, [outcome])
+            served = self._reranked(search, reply, outcome.response, [outcome.status])
         except _UNSERIALISABLE:
             return self._skip(search, ["fallback; reason=unserialisable"])
+        captured = self._after(search, index, plan, outcome)
+        if captured is not None:
+            served.lines.append(header_line(b"X-Rerank-Search-Id", captured.encode()))
+        return served
+
+    def _after(self, search: _Search, index: str | None, plan: Plan, outcome: Outcome) -> str | None:
+        """What a served search leaves behind, none of which the client waits for: its capture record (when
+        sampled; then its search id is returned) and its shadow scoring."""
+        scored = outcome.scored
+        if not isinstance(plan, Rerank) or scored is None:
+            return None
+        state = self.state
+        captured = None
+        if state.capture is not None and state.capture.sampled(plan.settings.capture_sample):
+            captured = search_id(None)
+            took_ms = (time.perf_counter() - search.started) * 1000
+            record = search_record(scored, index=index, variant=plan.variant, model=plan.model, took_ms=took_ms)
+            state.capture.search(captured, record, plan.query, scored.texts)
+        on_result = functools.partial(self._shadow_captured, captured) if captured is not None else None
+        state.shadows.offer(state.engine, plan, scored, on_result)
+        return captured
+
+    def _shadow_captured(self, captured: str, result: ShadowResult) -> None:
+        if self.state.capture is not None:
+            self.state.capture.shadow(captured, {
+                "model": result.model, "order": result.order, "took_ms": round(result.took_ms, 3),
+                "agreement": dataclasses.asdict(result.agreement)})
+
+    async def _interleaved(self, search: _Search, index: str | None, body: dict[str, Any] | None) -> Reply | None:
+        """A search an experiment takes, served its page of the two sides' merged list; None: no experiment takes
+        it (or neither side would rerank it), and it is served as any other."""
+        state = self.state
+        config = state.config
+        sticky = config.events.sticky_header
+        key = session_key(index, body, search.params, search.headers.get(sticky) if sticky else None)
+        name = assign(config, index, key)
+        if name is None:
+            return None
+        def plan_side(variant: str) -> Awaitable[Plan]:
+            options = dataclasses.replace(search.options, variant=variant)
+            return plan_search(config, state.resolver, index, body, search.params, options, self.windows)
+
+        plan = await plan_interleaved(config, name, body, search.params, plan_side)
+        if plan is None:
+            return None
+        search = dataclasses.replace(search, options=dataclasses.replace(search.options, variant=f"experiment:{name}"))
+        reply = await self._ask_cluster(search, dumps(plan.upstream_body), plan.upstream_params, False)
+        try:
+            document = _document(reply)
+        except _Unparseable:
+            return None  # asked again as planned for the search's own variant, which falls back the same way
+        if document is None:
+            return _as_sent(reply, ["skipped; reason=cluster-error"], search.options.variant)
+        try:
+            outcome = await finish_interleaved(plan, document, state.engine, seed=search_seed(key),
+                                               explain=search.options.explain, opensearch=_opensearch(reply))
+            metrics.RERANK_SECONDS.observe(outcome.took_ms / 1000)
+            served = self._reranked(search, reply, outcome.response, [outcome.status])
+        except _UNSERIALISABLE:
+            return None
+        if outcome.interleaving is None:
+            metrics.EXPERIMENT_EXCLUDED.inc(name, outcome.excluded or "unknown")
+            return served
+        served_id = search_id(search.headers.get("X-Rerank-Search-Id"))
+        first_page = state.experiments.served(served_id, name, outcome.interleaving)
+        capture = state.capture
+        rate = next((side.settings.capture_sample for side in plan.sides if isinstance(side, Rerank)), None)
+        if first_page and capture is not None and outcome.scored is not None and capture.sampled(rate):
+            took_ms = (time.perf_counter() - search.started) * 1000
+            record = search_record(outcome.scored, index=index, variant=search.options.variant, model=None,
+                                   took_ms=took_ms, experiment=name)
+            query = next(side.query for side in plan.sides if isinstance(side, Rerank))
+            capture.search(served_id, record, query, outcome.scored.texts)
+        served.lines += [header_line(b"X-Rerank-Search-Id", served_id.encode()),
+                         header_line(b"X-Rerank-Experiment", name.encode())]
+        return served
 
     async def _msearch(self, search: _Search, text: bytes, index: str | None, kind: Kind) -> Reply | PassThrough:
         try:
@@ -278,9 +364,12 @@ class SearchEndpoint:
             filter_path = dict(search.params).get("filter_path")
             if filter_path:
                 decoded = apply_filter_path(decoded, filter_path, opensearch=opensearch)
-            return self._reranked(search, reply, decoded, outcomes)
+            served = self._reranked(search, reply, decoded, [o.status for o in outcomes])
         except _UNSERIALISABLE:
             return self._skip(search, ["fallback; reason=unserialisable"])
+        for item, plan, outcome in zip(items, plans, outcomes):
+            self._after(search, item_index(item, index), plan, outcome)
+        return served
 
     @staticmethod
     def _skip(search: _Search, statuses: list[str]) -> PassThrough:
@@ -302,15 +391,15 @@ class SearchEndpoint:
         return reply
 
     @staticmethod
-    def _reranked(search: _Search, reply: Collected, document: Any, outcomes: list[Outcome]) -> Reply:
+    def _reranked(search: _Search, reply: Collected, document: Any, statuses: list[str]) -> Reply:
         variant = search.options.variant
         pretty = dict(search.params).get("pretty")
         encoding = reply.head.get("Content-Encoding") or ""
         payload = _compress(dumps(document, pretty=pretty is not None and pretty != "false"), encoding)
-        for outcome in outcomes:  # once the answer is written: one that cannot be is counted as its fallback
-            metrics.record_search(outcome.status, variant)
+        for status in statuses:  # once the answer is written: one that cannot be is counted as its fallback
+            metrics.record_search(status, variant)
         took = f"{(time.perf_counter() - search.started) * 1000:.1f}".encode()
-        lines = [*reply.head.lines, *_status_lines(tuple(o.status for o in outcomes), variant)]
+        lines = [*reply.head.lines, *_status_lines(tuple(statuses), variant)]
         lines.append(header_line(b"X-Rerank-Took-Ms", took))
         return Reply(reply.status, reply.reason, lines, payload)
 

@@ -22,12 +22,15 @@ import orjson
 from rerank.engine import ScoringEngine
 
 from . import metrics
-from .admin import ADMIN_PREFIX, AdminGuard
+from .admin import ADMIN_PREFIX, AdminGuard, events_answer
+from .capture import CaptureLog
 from .config import Config, ConfigError, ListenerTLS, load_config
+from .experiments import ExperimentBook
 from .relay import Incoming, PassThrough, RelayServer
 from .resolve import IndexResolver
-from .routing import ADMIN, PASSTHROUGH, Kind, Route, classify
+from .routing import ADMIN, EVENTS, PASSTHROUGH, Kind, Route, classify
 from .search_endpoint import SearchEndpoint
+from .shadow import ShadowScoring
 from .upstream import Upstream, UpstreamError
 from .wire import Reply, RequestHead
 
@@ -42,6 +45,9 @@ class ProxyState:
     upstream: Upstream
     resolver: IndexResolver
     engine: ScoringEngine
+    experiments: ExperimentBook  # carried over on reload: a reload does not reset an experiment
+    shadows: ShadowScoring
+    capture: CaptureLog | None
 
     @functools.cached_property
     def searches(self) -> SearchEndpoint:
@@ -73,7 +79,21 @@ async def build_state(config: Config, previous: ProxyState | None = None, wait_f
     else:
         engine = ScoringEngine(config.models)
         await engine.start(wait=wait_for_models)
-    return ProxyState(config, upstream, IndexResolver(config, lookup), engine)
+    if previous and previous.config.events == config.events:
+        experiments = previous.experiments
+    else:
+        if previous:
+            log.warning("events changed: the served searches held for click events start afresh")
+        experiments = ExperimentBook(config.events)
+        if previous:  # the tallies so far stay
+            experiments.tallies = previous.experiments.tallies
+    metrics.EXPERIMENTS.read = experiments.summaries
+    shadows = ShadowScoring(config.shadow_max_in_flight)
+    if previous and previous.config.capture == config.capture:
+        capture = previous.capture
+    else:  # the old writer (if any) is closed by the reload once the new state is in place
+        capture = CaptureLog(config.capture) if config.capture is not None else None
+    return ProxyState(config, upstream, IndexResolver(config, lookup), engine, experiments, shadows, capture)
 
 
 def _route(head: RequestHead) -> Route:
@@ -112,6 +132,8 @@ class ProxyServer:
         """The route of a request the proxy answers itself (a search, an admin path); None: pass it through; a
         PassThrough: a search skipped on its head alone."""
         raw = head.raw_path
+        if raw == b"/_rerank_proxy/events" and self.state.config.events.listener == "data":
+            return EVENTS
         # With an admin listener of their own, the proxy's paths are the cluster's like any other (it refuses them).
         if self.admin_guard.on_data_port and (
             raw.startswith(b"/_rerank_proxy/") or (b"%" in raw and head.path.startswith(ADMIN_PREFIX))
@@ -126,7 +148,9 @@ class ProxyServer:
 
     async def handle(self, incoming: Incoming, route: Route) -> Reply | PassThrough:
         if route.kind is Kind.ADMIN:
-            return await self.admin_guard.answer(incoming.head, self)
+            return await self.admin_guard.answer(incoming, self)
+        if route.kind is Kind.EVENTS:
+            return await events_answer(incoming, self.state)
         return await self.state.searches.handle(incoming, route.kind, route.index)
 
     @staticmethod
@@ -136,6 +160,9 @@ class ProxyServer:
     async def shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await self.state.shadows.close()
+        if self.state.capture is not None:
+            await asyncio.to_thread(self.state.capture.close)
         await self.state.engine.close()
         await self.state.upstream.close()
 
@@ -160,6 +187,8 @@ class ProxyServer:
                 self.admin_guard = guard
             metrics.RELOADS.labels("ok").inc()
             await old.engine.close_unused(self.state.engine)
+            if old.capture is not None and old.capture is not self.state.capture:
+                await asyncio.to_thread(old.capture.close)
             if old.upstream is not self.state.upstream:
                 # Requests in flight keep the old pool for a while; then its idle connections are closed.
                 self._later(60, old.upstream.close())
@@ -203,7 +232,7 @@ class AdminApplication:
         return ADMIN
 
     async def handle(self, incoming: Incoming, route: Route) -> Reply:
-        return await self.server.admin_guard.answer(incoming.head, self.server)
+        return await self.server.admin_guard.answer(incoming, self.server)
 
 
 def tls_context(tls: ListenerTLS) -> ssl.SSLContext:

@@ -974,6 +974,10 @@ class _ModelWorker:
             raise TimeoutError(f"model {self.name}: no pair scored within {timeout_s:.3f}s")
         return list(scores)
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     def _answered(self, _: object) -> None:
         self._in_flight -= 1
         metrics.QUEUE_DEPTH.labels(self.name).set(self._in_flight)
@@ -1040,6 +1044,10 @@ class ScoringEngine:
     def loaded(self) -> bool:
         """Every model loaded, whatever its circuit."""
         return all(w.loaded for w in self._workers.values())
+
+    def in_flight(self) -> int:
+        """Searches sent to the models' queues and not answered yet, every model together."""
+        return sum(w.in_flight for w in self._workers.values())
 
     async def score(self, model: str, query: str, docs: Sequence[str], timeout_s: float) -> list[float | None]:
         """One score per document, in order. At the deadline, the scores so far and None for the rest; with none
