@@ -248,6 +248,27 @@ class AdminOptions(_Strict):
         return self
 
 
+class RerankApiOptions(_Strict):
+    """The rerank API on the admin listener: Cohere's `POST /v1/rerank` and `/v2/rerank`, TEI's `POST /rerank`,
+    scored by the proxy's own engine (its queues, batching, deadlines, score cache)."""
+
+    enabled: bool = True
+    token_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the bearer token API calls must carry; default: the admin token, "
+        "when there is one",
+    )
+    default_model: str | None = Field(None, description="the model for calls that name none (TEI's never do); "
+                                      "default: the first of `models`")
+    max_documents: int = Field(1000, gt=0, description="documents per call at most")
+    max_query_chars: int = Field(8192, gt=0)
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_tokens_per_doc: int = Field(4096, gt=0, description="each document's text budget (pieces, about tokens) "
+                                    "when the call gives none")
+    chunking: Chunking | None = Field(None, description="score long documents by their best chunk")
+    timeout_ms: int = Field(30_000, gt=0, description="the model's time per call; past it, a 504")
+
+
 class Config(_Strict):
     listen: Annotated[str, BeforeValidator(_listen)] = "127.0.0.1:9201"
     upstreams: Annotated[list[Annotated[str, BeforeValidator(_upstream_url)]], BeforeValidator(_as_list)] = Field(
@@ -275,6 +296,7 @@ class Config(_Strict):
     experiments: dict[str, Experiment] = {}
     events: Events = Events()
     capture: Capture | None = None
+    rerank_api: RerankApiOptions = RerankApiOptions()
 
     @model_validator(mode="after")
     def _references_exist(self) -> Config:
@@ -288,6 +310,10 @@ class Config(_Strict):
                 check_model(f"{where}.shadow", settings.shadow.model)
 
         check_models("defaults", self.defaults)
+        api_model = self.rerank_api.default_model
+        if api_model is not None and api_model not in self.models:
+            known = ", ".join(self.models)
+            raise ValueError(f"rerank_api.default_model: unknown model {api_model!r} (models: {known})")
         for i, rule in enumerate(self.indices):
             check_models(f"indices.{i}", rule)
         for name, variant in self.variants.items():

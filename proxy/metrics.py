@@ -26,6 +26,9 @@ class Tally(Collector):
     def inc(self, *labels: str) -> None:
         self.counts[labels] = self.counts.get(labels, 0) + 1
 
+    def add(self, amount: int, *labels: str) -> None:
+        self.counts[labels] = self.counts.get(labels, 0) + amount
+
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         for labels, count in list(self.counts.items()):
@@ -103,6 +106,16 @@ SHADOW_AGREEMENT = Histogram(
     buckets=(-0.5, 0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
 )
 RELOADS = Counter("rerank_proxy_config_reloads_total", "config reloads", ["result"])
+API_REQUESTS = Tally(
+    "rerank_proxy_api_requests_total", "rerank API calls by route (cohere-v1, cohere-v2, tei), model and status",
+    ["route", "model", "status"],
+)
+API_DOCUMENTS = Tally("rerank_proxy_api_documents_total", "documents scored through the rerank API",
+                      ["route", "model"])
+API_SECONDS = Histogram(
+    "rerank_proxy_api_seconds", "a rerank API call's time, from its body read to its answer", ["route", "model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 def record_search(status: str, variant: str) -> None:

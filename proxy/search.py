@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from rerank.chunking import chunk_documents
+from rerank.chunking import score_chunked
 from rerank.engine import CircuitOpen, ModelLoading, ModelUnavailable, Overloaded, ScoringEngine
 from rerank.ranking import RankedHit, rank, scored_prefix
 from rerank.text import build_document_text
@@ -274,16 +274,14 @@ async def score_hits(plan: Rerank, hits: list[dict[str, Any]], engine: ScoringEn
     cluster's order with the reason in its status."""
     window = len(hits) if plan.window is None else min(plan.window, len(hits))
     texts = [build_document_text(hit.get("_source"), plan.settings.text) for hit in hits[:window]]
-    chunked = chunk_documents(texts, plan.settings.chunking) if plan.settings.chunking else None
     started = time.perf_counter()
     scores: Sequence[float | None]
     best_chunks: Sequence[int | None] | None = None
     try:
-        scores = await engine.score(
-            plan.model, plan.query, chunked.texts if chunked else texts, plan.settings.timeout_ms / 1000
+        scores, best_chunks = await score_chunked(
+            lambda docs: engine.score(plan.model, plan.query, docs, plan.settings.timeout_ms / 1000),
+            texts, plan.settings.chunking,
         )
-        if chunked:
-            scores, best_chunks = chunked.best(len(texts), scores)
         reranked = scored_prefix(scores)  # the top hits the new order covers; the rest keep the cluster's
         if reranked == len(scores):
             status = "reranked"

@@ -21,12 +21,14 @@ import orjson
 
 from rerank.engine import ScoringEngine
 
-from . import metrics
+from . import metrics, rerank_api
 from .admin import ADMIN_PREFIX, AdminGuard, events_answer
 from .capture import CaptureLog
 from .config import Config, ConfigError, ListenerTLS, load_config
 from .experiments import ExperimentBook
 from .relay import Incoming, PassThrough, RelayServer
+from .rerank_api import ROUTES as API_ROUTES
+from .rerank_api import ApiGuard
 from .resolve import IndexResolver
 from .routing import ADMIN, EVENTS, PASSTHROUGH, Kind, Route, classify
 from .search_endpoint import SearchEndpoint
@@ -120,6 +122,7 @@ class ProxyServer:
         self.config_path = config_path
         self.overrides = dict(overrides or {})
         self.admin_guard = AdminGuard.of(state.config.admin)
+        self.api_guard = ApiGuard.of(state.config)
         self.draining = False
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,10 +184,12 @@ class ProxyServer:
             if config.admin.listen != self.state.config.admin.listen or config.tls != self.state.config.tls:
                 log.warning("admin.listen or tls changed: takes effect on restart")
             guard = AdminGuard.of(config.admin) if config.admin.listen == self.state.config.admin.listen else None
+            api_guard = ApiGuard.of(config)
             old = self.state
             self.state = await build_state(config, old)
             if guard is not None:
                 self.admin_guard = guard
+            self.api_guard = api_guard
             metrics.RELOADS.labels("ok").inc()
             await old.engine.close_unused(self.state.engine)
             if old.capture is not None and old.capture is not self.state.capture:
@@ -232,7 +237,12 @@ class AdminApplication:
         return ADMIN
 
     async def handle(self, incoming: Incoming, route: Route) -> Reply:
-        return await self.server.admin_guard.answer(incoming, self.server)
+        server = self.server
+        api = API_ROUTES.get(incoming.head.path)
+        if api is not None and server.state.config.rerank_api.enabled:
+            state = server.state
+            return await rerank_api.answer(api, incoming, state.config, state.engine, server.api_guard)
+        return await server.admin_guard.answer(incoming, server)
 
 
 def tls_context(tls: ListenerTLS) -> ssl.SSLContext:

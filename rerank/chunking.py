@@ -5,7 +5,7 @@ a chunk is readable text and the winning one can be shown to a person.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -65,3 +65,13 @@ def chunk_documents(texts: Sequence[str], chunking: Chunking) -> ChunkedTexts:
         chunked += parts
         owners += [doc] * len(parts)
     return ChunkedTexts(chunked, owners)
+
+
+async def score_chunked(
+    score: Callable[[Sequence[str]], Awaitable[Sequence[float | None]]], texts: Sequence[str], chunking: Chunking | None
+) -> tuple[Sequence[float | None], list[int | None] | None]:
+    """`score(texts)`, each text scored by its best chunk when `chunking` is given; then also each winner's number."""
+    if chunking is None:
+        return await score(texts), None
+    chunked = chunk_documents(texts, chunking)
+    return chunked.best(len(texts), await score(chunked.texts))
