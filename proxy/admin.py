@@ -15,6 +15,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import AdminOptions, ConfigError
+from .console import console_reply
 from .errors import es_error_reply
 from .events import events_reply
 from .relay import Incoming
@@ -102,4 +103,6 @@ async def admin_reply(incoming: Incoming, server: Any) -> Reply:
                 400, "rerank_proxy_config_exception", f"config not reloaded, the old one stays: {err}"
             )
         return json_reply(200, orjson.dumps({"acknowledged": True, "models": server.state.engine.states()}))
+    if action == "ui" or action.startswith("ui/"):  # the console: its page and the page's API (proxy/console.py)
+        return await console_reply(incoming, state, action[len("ui"):].strip("/"))
     return es_error_reply(404, "rerank_proxy_admin_exception", f"no admin endpoint [{method} {head.path}]")

@@ -182,6 +182,14 @@ class Capture(_Strict):
     events_ttl_s: float = Field(3600.0, gt=0, description="how long a captured search's events are written")
 
 
+class Console(_Strict):
+    """The web console (`/_rerank_proxy/ui` on the admin listener)."""
+
+    eval_json: Path | None = Field(
+        None, description="the `rerank-proxy eval --json` file whose results the console charts (read on each view)"
+    )
+
+
 class UpstreamTLS(_Strict):
     verify: bool = True
     ca_file: Path | None = None
@@ -297,6 +305,7 @@ class Config(_Strict):
     events: Events = Events()
     capture: Capture | None = None
     rerank_api: RerankApiOptions = RerankApiOptions()
+    console: Console = Console()
 
     @model_validator(mode="after")
     def _references_exist(self) -> Config:
