@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,12 @@ _WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 _TRUTHY = {"1", "true", "yes", "on"}
 
 log = logging.getLogger(__name__)
+
+# transformers' from_pretrained switches weight init and tying off by swapping class attributes for the duration
+# (transformers.initialization.no_init_weights / no_tie_weights) and puts back what it found: two loads at once in
+# one process (the engine loads its models side by side) can leave them swapped for good, and every later load
+# then keeps tied or missing weights on the meta device ("Cannot copy out of meta tensor"). One load at a time.
+FROM_PRETRAINED_LOCK = threading.Lock()
 
 E = TypeVar("E", bound=Encoding)
 
@@ -186,9 +193,10 @@ class TransformersScorer(ABC, Generic[E]):
         offline = hub_offline()
         try:
             # Model first: its errors (missing weights, unknown architecture) say more than the tokenizer's.
-            model = model_cls.from_pretrained(self.path, dtype=DTYPES[spec.dtype], local_files_only=offline)
+            with FROM_PRETRAINED_LOCK:
+                model = model_cls.from_pretrained(self.path, dtype=DTYPES[spec.dtype], local_files_only=offline)
+                self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=offline)
             self.model = model.to(self.device).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=offline)
         except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/...: one error type for callers
             where = "" if self.path == spec.source else f" (resolved to {self.path})"
             raise ModelLoadError(f"cannot load model {spec.source!r}{where}: {type(exc).__name__}: {exc}") from exc

@@ -52,7 +52,10 @@ def make_minilm_cross_encoder(dir: Path, *, seed: int = 0) -> Path:
 
     dir = _with_minilm_tokenizer(dir)
     torch.manual_seed(seed)
-    model = BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=1)  # the head is new: random
+    from rerank.loading import FROM_PRETRAINED_LOCK  # a proxy in this process may be loading meanwhile
+
+    with FROM_PRETRAINED_LOCK:
+        model = BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=1)  # the head is new: random
     torch.nn.init.normal_(model.classifier.weight, std=0.5)  # wide, so scores spread over units, not hundredths
     model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.linear.Identity"}  # as ms-marco's
     model.eval().save_pretrained(dir)  # last: its weights file marks the folder complete

@@ -31,7 +31,10 @@ def test_shipped_config_serves_and_sighup_reloads_it(scifact_es, tmp_path):
     path.write_text((REPO / "config.yaml").read_text())
     body = orjson.dumps({"query": {"match": {"title": "vitamin D bone"}}})
     with Serve(path, scifact_es) as serve:
-        assert raw("POST", f"{serve.url}/scifact/_search", body).headers["X-Rerank-Status"] == "reranked"
+        # The shipped deadline is a production one: on a loaded 2-core machine the model may finish only the top
+        # of the window in time, which is still the model serving.
+        status = raw("POST", f"{serve.url}/scifact/_search", body).headers["X-Rerank-Status"]
+        assert status == "reranked" or status.startswith("partial; reranked="), status
         path.write_text(path.read_text().replace("  enabled: true\n", "  enabled: false\n", 1))
         serve.process.send_signal(signal.SIGHUP)
         serve.wait_for_log("config reloaded")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import gc
 import os
 import re
+import threading
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: nothing may try the network
 
@@ -281,3 +283,37 @@ def test_calls_are_cut_by_the_token_budget_and_scores_do_not_depend_on_the_cut(
     assert scores == pytest.approx(whole.score(QUERIES[0], SENTENCES), abs=1e-5)
     assert sum(n for n, _ in shapes) == len(SENTENCES) + (backend == "bi-encoder")  # + the query
     assert len(shapes) > 3 and all(n * width <= budget for n, width in shapes)
+
+
+def test_models_loaded_side_by_side_go_through_from_pretrained_one_at_a_time(
+        tiny_ce_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # from_pretrained swaps class attributes (weight init, tying) for its duration and puts back what it found: two
+    # at once can leave them swapped for good, and every later load then fails on meta tensors.
+    from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+    original_load = AutoModelForSequenceClassification.from_pretrained
+    init_weights, tie_weights = PreTrainedModel.init_weights, PreTrainedModel.tie_weights
+    inside, most_inside, lock = 0, 0, threading.Lock()
+    another_came_in = threading.Event()
+
+    def watched_load(*args: object, **kwargs: object) -> object:
+        nonlocal inside, most_inside
+        with lock:
+            inside += 1
+            most_inside = max(most_inside, inside)
+            if inside > 1:
+                another_came_in.set()
+        another_came_in.wait(timeout=1)  # the other thread's load would come in meanwhile without the guard
+        try:
+            return original_load(*args, **kwargs)
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", watched_load)
+    with ThreadPoolExecutor(2) as pool:
+        scorers = list(pool.map(lambda _: CrossEncoderScorer(CrossEncoderSpec(source=str(tiny_ce_dir))), range(2)))
+
+    assert most_inside == 1
+    assert PreTrainedModel.init_weights is init_weights and PreTrainedModel.tie_weights is tie_weights
+    assert scorers[0].score("q", SENTENCES[:3]) == scorers[1].score("q", SENTENCES[:3])
