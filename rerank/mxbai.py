@@ -32,6 +32,7 @@ embeddings together with the template shrinks to fit.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from array import array
 from collections.abc import Sequence
@@ -130,6 +131,15 @@ class MxbaiV2Scorer(TransformersScorer[Prompt]):
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if positions and self.max_length + template > positions:
             self.max_length = positions - template
+
+    def with_instruction(self, instruction: str | None) -> MxbaiV2Scorer:
+        """This model with another instruction before every query (None: none), for a caller that varies it per call
+        (rerank/library.py): a view sharing weights, tokenizers and kept prefixes, whose keys are their ids (the
+        instruction's among them). Not for a model the engine serves: its score cache is keyed by its spec's."""
+        view = copy.copy(self)
+        view.instruction = instruction
+        view.spec = self.spec.model_copy(update={"instruction": instruction})
+        return view
 
     def _module(self) -> torch.nn.Module:
         # The decoder alone: the LM head runs on each row's last real token only (`_score_rows`).
