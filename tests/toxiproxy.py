@@ -1,18 +1,15 @@
 """Toxiproxy (the Go module github.com/Shopify/toxiproxy/v2) between the proxy and a real cluster, for faults on demand.
 
-The server is built once from the Go module proxy into `<repo>/.cache/bin` (a file lock keeps parallel sessions
-from building it twice), started on a free loopback port, and driven through its HTTP admin API with the stdlib.
+The server is built once from the Go module proxy into `<repo>/.cache/bin` (tests/gotool.py), started on a free
+loopback port, and driven through its HTTP admin API with the stdlib.
 `RERANK_TEST_TOXIPROXY` names a prebuilt `toxiproxy-server` to use instead.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,28 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from tests.gotool import go_binary
+
 MODULE = "github.com/Shopify/toxiproxy/v2"
 VERSION = "v2.5.0"  # the newest the Go module proxy serves (`go list -m -versions github.com/Shopify/toxiproxy/v2`)
-BIN_DIR = Path(__file__).resolve().parent.parent / ".cache" / "bin"
-BINARY = BIN_DIR / "toxiproxy-server"
-_STAMP = BIN_DIR / "toxiproxy-server.version"  # which VERSION the cached binary is, so a bump rebuilds it
 
 Stream = Literal["upstream", "downstream"]  # toxiproxy's words: client->server, server->client
-
-
-def _build() -> None:
-    """`go install` into a scratch GOBIN beside the cache, then an atomic rename: no half-built binary is ever run."""
-    go = shutil.which("go")
-    if go is None:
-        raise RuntimeError(f"building Toxiproxy ({MODULE}@{VERSION}) needs Go; or set RERANK_TEST_TOXIPROXY")
-    with tempfile.TemporaryDirectory(dir=BIN_DIR) as scratch:
-        env = {**os.environ, "GOBIN": scratch, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
-        result = subprocess.run([go, "install", f"{MODULE}/cmd/server@{VERSION}"], env=env,
-                                capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise RuntimeError(f"building Toxiproxy failed:\n{result.stderr[-4000:]}")
-        os.replace(Path(scratch) / "server", BINARY)
-    _STAMP.write_text(VERSION)
 
 
 def binary() -> Path:
@@ -50,12 +31,10 @@ def binary() -> Path:
     prebuilt = os.environ.get("RERANK_TEST_TOXIPROXY")
     if prebuilt:
         return Path(prebuilt)
-    BIN_DIR.mkdir(parents=True, exist_ok=True)
-    with open(BIN_DIR / "toxiproxy-server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes; a waiter then finds the binary built
-        if not (BINARY.exists() and _STAMP.exists() and _STAMP.read_text() == VERSION):
-            _build()
-    return BINARY
+    try:
+        return go_binary(f"{MODULE}/cmd/server", VERSION, "toxiproxy-server")
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}\n(or set RERANK_TEST_TOXIPROXY to a prebuilt toxiproxy-server)") from None
 
 
 def free_port() -> int:
