@@ -1,6 +1,6 @@
-"""The rerank API through real clients: the official `cohere` SDK (v1 and v2 clients) and TEI's wire format get the
-ranking the proxy serves for the same query and documents, errors come as the SDK expects them, and another
-proxy's `remote` backend pointed at the API reranks a search as the local model does."""
+"""The rerank API through real clients: the official `cohere` SDK (v1 and v2 clients), LangChain's `CohereRerank` and
+TEI's wire format get the ranking the proxy serves for the same query and documents, errors come as the SDK expects
+them, and another proxy's `remote` backend pointed at the API reranks a search as the local model does."""
 from __future__ import annotations
 
 import os
@@ -63,6 +63,20 @@ def test_the_cohere_v1_client_ranks_objects_by_rank_fields_and_returns_them(prox
                            return_documents=True, top_n=5)
     assert [r.index for r in answer.results] == [[h["_id"] for h in hits].index(i) for i in order[:5]]
     assert answer.results[0].document.id == order[0]  # the object comes back whole
+
+
+def test_langchains_cohere_reranker_pointed_at_the_api_keeps_the_served_order(proxy, served):
+    # LangChain's own client (langchain-cohere, a document compressor for RAG pipelines) as a second real caller.
+    from langchain_cohere import CohereRerank
+    from langchain_core.documents import Document
+
+    hits, order = served
+    reranker = CohereRerank(model="minilm", cohere_api_key=TOKEN, base_url=proxy.admin_url, top_n=5)
+    documents = [Document(page_content=text, metadata={"id": h["_id"]}) for h, text in zip(hits, texts_of(hits))]
+    kept = reranker.compress_documents(documents, QUERY)
+    assert [d.metadata["id"] for d in kept] == order[:5]
+    scores = [d.metadata["relevance_score"] for d in kept]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_a_tei_call_gets_the_same_order(proxy, served):
