@@ -6,6 +6,7 @@ key (`indices.0.window: ...`), so a reload can never leave the proxy half-config
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -190,6 +191,76 @@ class Console(_Strict):
     )
 
 
+class AccessLogOptions(_Strict):
+    """One JSON line per data-port request (see proxy/access_log.py): never a body, a credential or a query string."""
+
+    enabled: bool = False
+    sample: float = Field(1.0, ge=0, le=1, description="the share of requests logged")
+    always_log_errors: bool = Field(
+        True, description="log every error whatever `sample` says: a status of 500 or more, a cluster the proxy could "
+        "not reach or that broke off, a search that fell back to the cluster's order"
+    )
+    destination: str = Field(
+        "stderr", min_length=1, description="`stderr`, `stdout`, or a file path (appended to; reopened when moved "
+        "away, as logrotate does)"
+    )
+    queue_records: int = Field(10_000, gt=0, description="lines waiting for the writer thread at most; more are "
+                               "dropped and counted")
+
+
+# What `tracing` needs installed: the extra `rerank-proxy[tracing]` (module, the package that provides it).
+TRACING_PACKAGES = (("opentelemetry.trace", "opentelemetry-api"), ("opentelemetry.sdk.trace", "opentelemetry-sdk"))
+OTLP_PACKAGE = ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "opentelemetry-exporter-otlp-proto-http")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+class TracingOptions(_Strict):
+    """OpenTelemetry spans (see proxy/tracing.py): a server span per data-port request, with child spans for the
+    cluster call, the engine's queue, the model and the response rewrite."""
+
+    enabled: bool = False
+    service_name: str = Field("rerank-proxy", min_length=1, description="the `service.name` resource attribute")
+    exporter: Literal["otlp", "console", "none"] = Field(
+        "otlp", description="`otlp`: OTLP over HTTP (protobuf) to `otlp_endpoint`; `console`: JSON on stdout; "
+        "`none`: spans are made (and propagated) but not exported"
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="the collector's traces URL; default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318/v1/traces"
+    )
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="the share of new traces recorded; a request that "
+                                "arrives with a `traceparent` follows its caller's sampling decision")
+
+    @model_validator(mode="after")
+    def _packages_installed(self) -> TracingOptions:
+        if not self.enabled:
+            return self
+        needed = [*TRACING_PACKAGES, *([OTLP_PACKAGE] if self.exporter == "otlp" else [])]
+        missing = [package for module, package in needed if not _installed(module)]
+        if missing:
+            otlp_only = missing == [OTLP_PACKAGE[1]]
+            raise ValueError(
+                f"enabled: needs {', '.join(missing)}, not installed here: pip install 'rerank-proxy[tracing]'"
+                + (" (or set `exporter: console` or `none`)" if otlp_only else "")
+            )
+        return self
+
+
+class MetricsOptions(_Strict):
+    """What the metrics may be labelled with."""
+
+    index_labels: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        [], description="index names or patterns that get an `index` label of their own on the search metrics "
+        "(a pattern labels its indices with the pattern); any other index is `_other`, a search of all indices `_all`"
+    )
+
+
 class UpstreamTLS(_Strict):
     verify: bool = True
     ca_file: Path | None = None
@@ -306,6 +377,9 @@ class Config(_Strict):
     capture: Capture | None = None
     rerank_api: RerankApiOptions = RerankApiOptions()
     console: Console = Console()
+    access_log: AccessLogOptions = AccessLogOptions()
+    tracing: TracingOptions = TracingOptions()
+    metrics: MetricsOptions = MetricsOptions()
 
     @model_validator(mode="after")
     def _references_exist(self) -> Config:

@@ -47,6 +47,7 @@ class InterleavedOutcome:
     interleaving: Interleaving[DocKey] | None  # down to the end of the served page; None: excluded
     excluded: str | None = None  # why the search was not interleaved
     scored: Scored | None = None  # the served order of the window (the merged list), what was read, for capture
+    sides: tuple[Scored, ...] = ()  # each side's own scoring of the window (its timings)
 
 
 def _fields_read(plans: Sequence[Rerank]) -> list[str] | None:
@@ -128,7 +129,7 @@ async def finish_interleaved(
         rewritten = rewrite_hits(response, plan.view, scored_a.ranking, extra_took_ms=round(took_ms),
                                  explain=explain, opensearch=opensearch, best_chunks=scored_a.best_chunks)
         served = apply_client_filter_path(rewritten, plan.view, opensearch=opensearch)
-        return InterleavedOutcome(served, scored_a.status, took_ms, None, excluded)
+        return InterleavedOutcome(served, scored_a.status, took_ms, None, excluded, sides=(scored_a, scored_b))
 
     merged = interleave(plan.method, [keys[r.position] for r in scored_a.ranking],
                         [keys[r.position] for r in scored_b.ranking], seed=seed)
@@ -147,4 +148,5 @@ async def finish_interleaved(
     served = apply_client_filter_path(rewritten, plan.view, opensearch=opensearch)
     read = scored_b if isinstance(plan.sides[1], Rerank) and scored_b.texts else scored_a
     window = dataclasses.replace(read, ranking=ranking, status="interleaved", took_ms=took_ms)
-    return InterleavedOutcome(served, "interleaved", took_ms, merged.page(0, page.from_ + page.size), None, window)
+    return InterleavedOutcome(served, "interleaved", took_ms, merged.page(0, page.from_ + page.size), None, window,
+                              (scored_a, scored_b))

@@ -1,6 +1,7 @@
 """Prometheus metrics of the HTTP side, recorded where each decision is made."""
 from __future__ import annotations
 
+import fnmatch
 import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -38,18 +39,19 @@ class Tally(Collector):
 
 REQUESTS = Tally("rerank_proxy_requests_total", "requests by route kind", ["kind"])
 SEARCHES = Tally(
-    "rerank_proxy_searches_total", "searches by outcome (reranked, skipped, fallback, partial)",
-    ["outcome", "reason", "variant"],
+    "rerank_proxy_searches_total", "searches by outcome (reranked, skipped, fallback, partial, refused)",
+    ["outcome", "reason", "variant", "index"],
 )
 VARIANTS = Tally("rerank_proxy_variant_total", "searches by A/B variant and how it was chosen", ["variant", "how"])
-FALLBACKS = Counter("rerank_proxy_fallbacks_total", "searches served in the cluster's order", ["model", "reason"])
+FALLBACKS = Counter("rerank_proxy_fallbacks_total", "searches served in the cluster's order",
+                    ["model", "reason", "index"])
 UPSTREAM_ERRORS = Counter(
     "rerank_proxy_upstream_errors_total", "requests answered by the proxy because the cluster could not be asked "
     "or did not answer (unreachable, timeout, broken)", ["kind"],
 )
 RERANK_SECONDS = Histogram(
     "rerank_proxy_rerank_seconds", "time the proxy added to a reranked search (text building, model, rewriting)",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    ["index"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 EVENTS = Tally(
     "rerank_proxy_events_total", "click events by type (a credited type, or other) and what became of them",
@@ -118,10 +120,38 @@ API_SECONDS = Histogram(
 )
 
 
-def record_search(status: str, variant: str) -> None:
+ACCESS_LOG_DROPPED = Tally("rerank_proxy_access_log_dropped_total", "access-log lines dropped: the writer thread "
+                           "was that many lines behind", [])
+
+OTHER_INDEX = "_other"  # the `index` label of an index the allow-list does not name
+ALL_INDICES = "_all"  # what a search that names no index is matched as
+
+
+@functools.lru_cache(maxsize=4096)
+def index_label(allowed: tuple[str, ...], expression: str | None) -> str:
+    """The `index` label of a search of `expression` (as the client named it: `a`, `a,b`, `logs-*`, None for all):
+    the first `metrics.index_labels` entry that every named index matches (an exact name, or a pattern, which then is
+    the label: the label's values are the allow-list's), else `_other`. Bounded, so per-index series cannot grow
+    with the indices a cluster has."""
+    names = [name for name in (expression or "").split(",") if name] or [ALL_INDICES]
+    for entry in allowed:
+        if all(name == entry or fnmatch.fnmatchcase(name, entry) for name in names):
+            return entry
+    return OTHER_INDEX
+
+
+def split_status(status: str) -> tuple[str, str]:
+    """An `X-Rerank-Status` entry as (outcome, reason): `skipped; reason=sort` is (skipped, sort), `partial;
+    reranked=7` is (partial, "")."""
     outcome, _, rest = status.partition(";")
-    reason = rest.strip().removeprefix("reason=") if outcome in ("skipped", "fallback") else ""
-    SEARCHES.inc(outcome.strip(), reason, variant)
+    outcome = outcome.strip()
+    reason = rest.strip().removeprefix("reason=") if outcome in ("skipped", "fallback", "refused") else ""
+    return outcome, reason
+
+
+def record_search(status: str, variant: str, index: str = OTHER_INDEX) -> None:
+    """`index`: the search's label (`index_label`)."""
+    SEARCHES.inc(*split_status(status), variant, index)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -43,10 +44,12 @@ _HOLD_S = 0.002  # how long the start of a chunked answer may wait for its end
 @dataclass(frozen=True)
 class PassThrough:
     """The application's answer that says: send it to the cluster after all, with this body (None: the client's,
-    as it streams) and these extra response headers."""
+    as it streams) and these extra response headers. `note`: what the application keeps of the request (for a
+    decision taken on the head alone, when `Incoming.note` is not yet there to hold it)."""
 
     body: bytes | None
     extra_lines: Sequence[bytes] = ()
+    note: Any = None
 
 
 class Application(Protocol):
@@ -60,6 +63,14 @@ class Application(Protocol):
         a PassThrough: pass it through so (decided on the head alone)."""
 
     async def handle(self, request: Incoming, route: Any) -> Reply | PassThrough: ...
+
+
+# What an application may also have: `finished(request, status, sent, error)`, told once per request when it has
+# been answered (`request` None: one that could not be parsed), with the status and body bytes the client was sent,
+# and `error`, the kind of cluster failure that made the proxy answer or cut the connection (`unavailable`,
+# `timeout`, `broken`), or `client-closed` (status 499, nginx's) when the client left before its answer ended.
+Finished = Callable[["Incoming | None", int, int, "str | None"], None]
+CLIENT_CLOSED = 499
 
 
 class _TooLarge(Exception):
@@ -186,12 +197,20 @@ _UNDECIDED = object()
 _AS_SENT = PassThrough(None)  # what an unclaimed request is
 
 
+_clock = time.perf_counter
+
+
 @dataclass(slots=True)
 class Incoming:
     head: RequestHead
     body: ClientBody
     decision: object = _UNDECIDED  # what `Application.claims` said, asked once
     fresh: bool = False  # send it on a new cluster connection: a kept one closed under it, unanswered
+    started: float = 0.0  # time.perf_counter() when its head was parsed
+    upstream_at: float = 0.0  # when the relay sent it to the cluster
+    upstream_s: float | None = None  # and how long the cluster's answer took (None: the relay did not pass it on)
+    note: Any = None  # what the application keeps of the request while it serves it, for `finished`
+    reported: bool = False  # `finished` was told
 
 
 class _ClientSink:
@@ -199,7 +218,7 @@ class _ClientSink:
     one write, when the connection calls `read_done` (a small answer: one send())."""
 
     __slots__ = (
-        "conn", "request", "extra", "started", "close", "rechunk", "exchange", "_pending", "_hold", "_held",
+        "conn", "request", "extra", "started", "close", "rechunk", "exchange", "sent", "_pending", "_hold", "_held",
         "_timer", "_ended",
     )
 
@@ -211,6 +230,7 @@ class _ClientSink:
         self.close = not request.keep_alive
         self.rechunk = False
         self.exchange: Exchange | None = None
+        self.sent = 0  # body bytes of the answer, as the cluster framed them
         self._pending: list[bytes] = []
         self._hold = False  # keep what is pending for the next read
         self._held = 0
@@ -248,6 +268,7 @@ class _ClientSink:
         )
 
     def body(self, chunk: bytes) -> None:
+        self.sent += len(chunk)
         if self.rechunk:
             self._pending.append(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:
@@ -408,7 +429,7 @@ class ClientConnection(asyncio.Protocol):
             head.finish()
         no_body = not head.chunked and head.content_length in (None, b"0")
         awaits = head.expect == b"100-continue" and head.version == "1.1"
-        incoming = Incoming(head, ClientBody(self, finished=no_body, awaits_continue=awaits))
+        incoming = Incoming(head, ClientBody(self, finished=no_body, awaits_continue=awaits), started=_clock())
         self._parsing = incoming
         self.queue.append(incoming)
         if len(self.queue) > MAX_QUEUED:
@@ -532,6 +553,7 @@ class ClientConnection(asyncio.Protocol):
         framed, lines = _framing(head, decision.body)  # as `_pass` frames it: the client's own body keeps its line
         extra = decision.extra_lines
         self._fast = incoming
+        incoming.upstream_at = _clock()
         exchange = self.server.app.upstream.start(
             head.method, head.target, lines, data or None, _ClientSink(self, head, extra), self._served,
             framed=framed, authorized=head.authorized,
@@ -548,15 +570,20 @@ class ClientConnection(asyncio.Protocol):
     def _served(self, exchange: Exchange, error: UpstreamError | None) -> None:
         """The end of a request served from callbacks (called as the cluster's last byte is parsed)."""
         incoming, self._fast, self._fast_exchange = self._fast, None, None
-        if self.lost:
-            return
         sink = exchange.sink
         assert isinstance(sink, _ClientSink)
+        if incoming is not None:
+            incoming.upstream_s = _clock() - incoming.upstream_at
+        if self.lost:
+            self._report(incoming, exchange.status if sink.started else CLIENT_CLOSED, sink.sent, "client-closed")
+            return
         if error is None:
+            self._report(incoming, exchange.status, sink.sent, None)
             if sink.close:
                 self.close()
                 return
         elif sink.started or sink.exchange is not None:
+            self._report(incoming, exchange.status, sink.sent, _failure_kind(error))
             self.abort()  # the head went out: cutting the connection is the only honest way to say it broke
             return
         elif exchange.retryable and incoming is not None:
@@ -566,9 +593,12 @@ class ClientConnection(asyncio.Protocol):
             return
         if incoming is not None:
             incoming.body.consume()
-        if error is not None and not self._write_answer(sink.request, self._upstream_failure(error)):
-            self.close()
-            return
+        if error is not None:
+            failure = self._upstream_failure(error)
+            self._report(incoming, failure.status, len(failure.body), _failure_kind(error))
+            if not self._write_answer(sink.request, failure):
+                self.close()
+                return
         if self.queue or self._broken is not None or self.server.draining:
             self._run_worker()  # never a new exchange from inside this one's parser callback
 
@@ -584,11 +614,25 @@ class ClientConnection(asyncio.Protocol):
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
+    def _report(self, incoming: Incoming | None, status: int, sent: int, error: str | None) -> None:
+        """Tells the application a request was answered (once per request)."""
+        finished = self.server.finished
+        if finished is None or (incoming is not None and incoming.reported):
+            return
+        if incoming is not None:
+            incoming.reported = True
+        try:
+            finished(incoming, status, sent, error)
+        except Exception:  # a bug of ours in the bookkeeping: the answer itself is not affected
+            log.exception("recording a finished request failed")
+
     async def _work(self) -> None:
+        current: Incoming | None = None
         try:
             while not self.lost:
                 if not self.queue:
                     if self._broken is not None:
+                        self._report(None, self._broken.status, len(self._broken.body), None)
                         self.write(self._broken.serialize(close=True))
                         self.close()
                         return
@@ -599,13 +643,15 @@ class ClientConnection(asyncio.Protocol):
                     await self._wakeup
                     self._wakeup = None
                     continue
-                incoming = self.queue.popleft()
+                incoming = current = self.queue.popleft()
                 self.resume_reading()
                 if not await self._serve(incoming):
                     self.close()
                     return
+                current = None
         except asyncio.CancelledError:
-            pass
+            if current is not None:  # the client left while it was served
+                self._report(current, CLIENT_CLOSED, 0, "client-closed")
         except Exception:  # a bug of ours: this connection cannot be trusted any more, the others are unaffected
             log.exception("connection closed after an unexpected error")
             self.abort()
@@ -614,7 +660,7 @@ class ClientConnection(asyncio.Protocol):
         """One request, answered; whether the connection can take the next one."""
         head = incoming.head
         if not head.target.startswith(b"/") and not (head.target == b"*" and head.method == "OPTIONS"):
-            return await self._answer(head, incoming.body, es_error_reply(
+            return await self._answer(incoming, es_error_reply(
                 400, "illegal_argument_exception",
                 f"{head.method} with a target that is not a path is not served: this is not a forward proxy"))
         decision = self._decide(incoming)
@@ -625,13 +671,13 @@ class ClientConnection(asyncio.Protocol):
         try:
             answer = await self.server.app.handle(incoming, decision)
         except UpstreamError as err:
-            return await self._answer(head, incoming.body, self._upstream_failure(err))
+            return await self._answer(incoming, self._upstream_failure(err), _failure_kind(err))
         except Exception as err:  # a bug of ours: said in the cluster's error format, the connection kept
             log.exception("error handling %s %r", head.method, head.target)
-            return await self._answer(head, incoming.body, es_error_reply(
+            return await self._answer(incoming, es_error_reply(
                 500, "rerank_proxy_exception", f"{type(err).__name__}: {err}"))
         if isinstance(answer, Reply):
-            return await self._answer(head, incoming.body, answer)
+            return await self._answer(incoming, answer)
         return await self._pass(incoming, answer.body, answer.extra_lines)
 
     def _decide(self, incoming: Incoming) -> object | None:
@@ -639,7 +685,9 @@ class ClientConnection(asyncio.Protocol):
             incoming.decision = self.server.app.claims(incoming.head)
         return incoming.decision
 
-    async def _answer(self, head: RequestHead, body: ClientBody, reply: Reply) -> bool:
+    async def _answer(self, incoming: Incoming, reply: Reply, error: str | None = None) -> bool:
+        head, body = incoming.head, incoming.body
+        self._report(incoming, reply.status, 0 if head.method == "HEAD" else len(reply.body), error)
         return self._write_answer(head, reply, body) and (body.finished or await body.discard())
 
     def _write_answer(self, head: RequestHead, reply: Reply, body: ClientBody | None = None) -> bool:
@@ -665,16 +713,22 @@ class ClientConnection(asyncio.Protocol):
             else:
                 upstream_body = incoming.body
         framed, lines = _framing(head, body)
+        incoming.upstream_at = _clock()
         try:
             await self.server.app.upstream.exchange(
                 head.method, head.target, lines, upstream_body, sink, framed=framed, authorized=head.authorized,
                 fresh=incoming.fresh,
             )
         except UpstreamError as err:
+            incoming.upstream_s = _clock() - incoming.upstream_at
             if sink.started or sink.exchange is not None:
+                status = sink.exchange.status if sink.exchange is not None else 0
+                self._report(incoming, status, sink.sent, _failure_kind(err))
                 self.abort()  # the head went out: cutting the connection is the only honest way to say it broke
                 return False
-            return await self._answer(head, incoming.body, self._upstream_failure(err))
+            return await self._answer(incoming, self._upstream_failure(err), _failure_kind(err))
+        incoming.upstream_s = _clock() - incoming.upstream_at
+        self._report(incoming, sink.exchange.status if sink.exchange is not None else 0, sink.sent, None)
         return not sink.close and incoming.body.finished
 
 
@@ -685,6 +739,11 @@ def _framing(head: RequestHead, body: bytes | None) -> tuple[bool, list[bytes]]:
         body is None or head.content_length == b"%d" % len(body)
     )
     return framed, head.lines_with_length() if framed else head.lines
+
+
+def _failure_kind(err: UpstreamError) -> str:
+    """`unavailable`, `timeout` or `broken`, as `rerank_proxy_upstream_errors_total` counts it."""
+    return type(err).__name__.removeprefix("Upstream").lower() or "broken"
 
 
 def _declared(head: RequestHead) -> int:
@@ -702,6 +761,7 @@ class RelayServer:
         self.connections: set[ClientConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_upstream_error = on_upstream_error
+        self.finished: Finished | None = getattr(app, "finished", None)
         self._server: asyncio.Server | None = None
         self.draining = False
         self._drained: asyncio.Event | None = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rerank.chunking import score_chunked
-from rerank.engine import CircuitOpen, ModelLoading, ModelUnavailable, Overloaded, ScoringEngine
+from rerank.engine import CircuitOpen, ModelLoading, ModelUnavailable, Overloaded, ScoreTiming, ScoringEngine
 from rerank.ranking import RankedHit, rank, scored_prefix
 from rerank.text import build_document_text
 
@@ -76,6 +76,7 @@ class Rerank:
     upstream_params: list[tuple[str, str]]
     view: ClientView  # the page and `_source`/`filter_path` the client asked for
     window: int | None  # None: every returned hit (templates whose size the proxy cannot set)
+    index_label: str = metrics.OTHER_INDEX  # the search's `index` label on the metrics
 
     decision: ClassVar[Decision] = Decision(True)
 
@@ -170,7 +171,12 @@ async def plan_search(
     return Rerank(
         variant=options.variant, settings=settings, model=config.model_name(settings), query=query,
         upstream_body=upstream.body, upstream_params=upstream.params, view=view, window=settings.window,
+        index_label=_index_label(config, index),
     )
+
+
+def _index_label(config: Config, index: str | None) -> str:
+    return metrics.index_label(tuple(config.metrics.index_labels), index)
 
 
 def _int(value: Any, default: int) -> int | None:
@@ -234,6 +240,7 @@ async def plan_template(
     return Rerank(
         variant=options.variant, settings=settings, model=config.model_name(settings), query=query,
         upstream_body={**body, "params": new_params}, upstream_params=kept, view=view, window=window,
+        index_label=_index_label(config, index),
     )
 
 
@@ -263,6 +270,8 @@ class Scored:
     texts: Sequence[str] = ()  # the window's texts, as the model read them
     cluster_scores: Sequence[float | None] = ()  # every hit's `_score` from the cluster
     keys: Sequence[tuple[Any, Any]] = ()  # the window's (`_index`, `_id`)s
+    started: float = 0.0  # time.perf_counter() when scoring began (it ended `took_ms` later)
+    timing: ScoreTiming | None = None  # the engine's account: queue wait and model time
 
 
 def cluster_order(hits: Sequence[Any], status: str) -> Scored:
@@ -275,11 +284,12 @@ async def score_hits(plan: Rerank, hits: list[dict[str, Any]], engine: ScoringEn
     window = len(hits) if plan.window is None else min(plan.window, len(hits))
     texts = [build_document_text(hit.get("_source"), plan.settings.text) for hit in hits[:window]]
     started = time.perf_counter()
+    timing = ScoreTiming()
     scores: Sequence[float | None]
     best_chunks: Sequence[int | None] | None = None
     try:
         scores, best_chunks = await score_chunked(
-            lambda docs: engine.score(plan.model, plan.query, docs, plan.settings.timeout_ms / 1000),
+            lambda docs: engine.score(plan.model, plan.query, docs, plan.settings.timeout_ms / 1000, timing),
             texts, plan.settings.chunking,
         )
         reranked = scored_prefix(scores)  # the top hits the new order covers; the rest keep the cluster's
@@ -288,17 +298,17 @@ async def score_hits(plan: Rerank, hits: list[dict[str, Any]], engine: ScoringEn
         elif reranked:
             status = f"partial; reranked={reranked}"
         else:  # scores came, but not for the top hit: nothing is reordered
-            metrics.FALLBACKS.labels(plan.model, "deadline").inc()
+            metrics.FALLBACKS.labels(plan.model, "deadline", plan.index_label).inc()
             status = "fallback; reason=deadline"
     except Exception as err:  # never fail a search because of the model
         reason = _FALLBACK_REASONS.get(type(err), "model-error")
-        metrics.FALLBACKS.labels(plan.model, reason).inc()
+        metrics.FALLBACKS.labels(plan.model, reason, plan.index_label).inc()
         scores, status = [None] * window, f"fallback; reason={reason}"
     took_ms = (time.perf_counter() - started) * 1000
     cluster_scores = [hit.get("_score") for hit in hits]
     ranking = rank(cluster_scores, scores, plan.settings.fusion)
     keys = [(hit.get("_index"), hit.get("_id")) for hit in hits[:window]]
-    return Scored(ranking, status, took_ms, best_chunks, texts, cluster_scores, keys)
+    return Scored(ranking, status, took_ms, best_chunks, texts, cluster_scores, keys, started, timing)
 
 
 async def finish(

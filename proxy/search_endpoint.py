@@ -32,12 +32,13 @@ from .capture import search_record
 from .errors import es_error_reply
 from .experiment_search import finish_interleaved, plan_interleaved
 from .experiments import assign, search_id, session_key
+from .facts import SearchFacts
 from .interleaving import search_seed
 from .ndjson import NdjsonError, TooDeep, dumps, item_index, loads, parse_msearch, serialize_msearch, strict_loads
 from .relay import Incoming, PassThrough
 from .resolve import ResultWindows, smallest_result_window
 from .routing import Kind
-from .search import Outcome, Plan, RequestOptions, Rerank, Skip, finish, plan_search, plan_template
+from .search import Outcome, Plan, RequestOptions, Rerank, Scored, Skip, finish, plan_search, plan_template
 from .shadow import ShadowResult
 from .upstream import Collected
 from .variants import CONTROL, NO_VARIANT, UnknownVariant, VariantChoice, choose_variant
@@ -146,6 +147,8 @@ class _Search:
     params: list[tuple[str, str]]
     options: RequestOptions
     started: float
+    facts: SearchFacts  # what was decided and measured, for the access log and the spans
+    label: str  # the `index` label of its metrics
 
 
 class SearchEndpoint:
@@ -159,8 +162,12 @@ class SearchEndpoint:
             return await _max_result_window(upstream, expression)
 
         self.windows = ResultWindows(lookup, state.config.upstream.alias_cache_ttl_s)
+        self.index_labels = tuple(state.config.metrics.index_labels)
 
-    def decide_on_head(self, head: RequestHead, kind: Kind) -> PassThrough | None:
+    def _label(self, index: str | None) -> str:
+        return metrics.index_label(self.index_labels, index)
+
+    def decide_on_head(self, head: RequestHead, kind: Kind, index: str | None) -> PassThrough | None:
         """A search skipped before a byte of its body is read (`X-Rerank: off`): the body streams to the cluster,
         and the answer back, as a pass-through's do. None: `handle` serves it (an unknown variant included)."""
         if kind not in _SINGLE or not _forced_off(head):
@@ -169,7 +176,8 @@ class SearchEndpoint:
             choice = self._variant(head)
         except UnknownVariant:
             return None
-        return _passed_through(None, ("skipped; reason=header-off",), choice.name)
+        return _passed_through(None, ("skipped; reason=header-off",), choice.name, SearchFacts(),
+                               (self._label(index),))
 
     def _variant(self, head: RequestHead) -> VariantChoice:
         config = self.state.config
@@ -186,21 +194,26 @@ class SearchEndpoint:
         started = time.perf_counter()
         head = incoming.head
         config = self.state.config
+        facts = incoming.note = SearchFacts()
+        if self.state.tracing.enabled:  # begun now: the rewritten search's `upstream` span is its child
+            facts.span, facts.traced = self.state.tracing.server_span(head, incoming.started), True
+        label = self._label(index)
         try:
             choice = self._variant(head)
         except UnknownVariant as err:
             return es_error_reply(400, "illegal_argument_exception", str(err))
         if kind in _SINGLE and _forced_off(head):  # as `decide_on_head` would have said
-            return _passed_through(None, ("skipped; reason=header-off",), choice.name)
+            return _passed_through(None, ("skipped; reason=header-off",), choice.name, facts, (label,))
         limit = config.max_search_body_bytes
         declared = head.content_length
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await _too_large(incoming)  # at once: not a byte of the body is read
+            return await _too_large(incoming, facts, label)  # at once: not a byte of the body is read
         raw = await incoming.body.read(limit)
         if raw is None:  # a chunked body that grew past the limit: read no further, close (as the clusters do)
-            return await _too_large(incoming, close=True)
+            return await _too_large(incoming, facts, label, close=True)
         headers = head.header_view()
-        search = _Search(head, headers, raw, head.query(), request_options(headers, choice.name), started)
+        search = _Search(head, headers, raw, head.query(), request_options(headers, choice.name), started, facts,
+                         label)
         try:
             text: bytes | None = _decompress(raw, headers.get("Content-Encoding", ""), limit)
         except _Inflated:  # what the proxy does not hold: the cluster's to answer (over its own limit: its 413)
@@ -239,13 +252,14 @@ class SearchEndpoint:
         except _Unparseable:
             return self._skip(search, ["fallback; reason=unparseable"])
         if document is None:
-            return _as_sent(reply, ["skipped; reason=cluster-error"], search.options.variant)
+            return _as_sent(search, reply, ["skipped; reason=cluster-error"])
         try:
             outcome = await finish(plan, document, self.state.engine, search.options, opensearch=_opensearch(reply))
-            metrics.RERANK_SECONDS.observe(outcome.took_ms / 1000)
+            metrics.RERANK_SECONDS.labels(search.label).observe(outcome.took_ms / 1000)
             served = self._reranked(search, reply, outcome.response, [outcome.status])
         except _UNSERIALISABLE:
             return self._skip(search, ["fallback; reason=unserialisable"])
+        self._scored(search, [(outcome.scored, plan.model)] if outcome.scored is not None else [])
         captured = self._after(search, index, plan, outcome)
         if captured is not None:
             served.lines.append(header_line(b"X-Rerank-Search-Id", captured.encode()))
@@ -298,14 +312,16 @@ class SearchEndpoint:
         except _Unparseable:
             return None  # asked again as planned for the search's own variant, which falls back the same way
         if document is None:
-            return _as_sent(reply, ["skipped; reason=cluster-error"], search.options.variant)
+            return _as_sent(search, reply, ["skipped; reason=cluster-error"])
         try:
             outcome = await finish_interleaved(plan, document, state.engine, seed=search_seed(key),
                                                explain=search.options.explain, opensearch=_opensearch(reply))
-            metrics.RERANK_SECONDS.observe(outcome.took_ms / 1000)
+            metrics.RERANK_SECONDS.labels(search.label).observe(outcome.took_ms / 1000)
             served = self._reranked(search, reply, outcome.response, [outcome.status])
         except _UNSERIALISABLE:
             return None
+        self._scored(search, [(scored, side.model) for scored, side in zip(outcome.sides, plan.sides)
+                              if isinstance(side, Rerank)])
         if outcome.interleaving is None:
             metrics.EXPERIMENT_EXCLUDED.inc(name, outcome.excluded or "unknown")
             return served
@@ -337,8 +353,9 @@ class SearchEndpoint:
         plans: list[Plan] = await asyncio.gather(*(
             planner(config, resolver, item_index(item, index), item.body, [], options, self.windows) for item in items
         ))
+        labels = [self._label(item_index(item, index)) for item in items]
         if all(isinstance(p, Skip) for p in plans):
-            return self._skip(search, [p.skip_status for p in plans if isinstance(p, Skip)])
+            return self._skip(search, [p.skip_status for p in plans if isinstance(p, Skip)], labels)
         lines = []
         for item, plan in zip(items, plans):
             lines += [item.raw_header, dumps(plan.upstream_body) if isinstance(plan, Rerank) else item.raw_body]
@@ -350,7 +367,7 @@ class SearchEndpoint:
             return self._skip(search, ["fallback; reason=unparseable"])
         responses = decoded.get("responses") if isinstance(decoded, dict) else None
         if not isinstance(responses, list) or len(responses) != len(plans):
-            return _as_sent(reply, ["skipped; reason=cluster-error"], options.variant)
+            return _as_sent(search, reply, ["skipped; reason=cluster-error"])
         opensearch = _opensearch(reply)
 
         async def one(plan: Plan, item_response: Any) -> Outcome:
@@ -364,40 +381,74 @@ class SearchEndpoint:
             filter_path = dict(search.params).get("filter_path")
             if filter_path:
                 decoded = apply_filter_path(decoded, filter_path, opensearch=opensearch)
-            served = self._reranked(search, reply, decoded, [o.status for o in outcomes])
+            served = self._reranked(search, reply, decoded, [o.status for o in outcomes], labels)
         except _UNSERIALISABLE:
             return self._skip(search, ["fallback; reason=unserialisable"])
+        self._scored(search, [(o.scored, p.model) for p, o in zip(plans, outcomes)
+                              if isinstance(p, Rerank) and o.scored is not None])
         for item, plan, outcome in zip(items, plans, outcomes):
             self._after(search, item_index(item, index), plan, outcome)
         return served
 
     @staticmethod
-    def _skip(search: _Search, statuses: list[str]) -> PassThrough:
-        return _passed_through(search.raw, statuses, search.options.variant)
+    def _skip(search: _Search, statuses: list[str], labels: Sequence[str] | None = None) -> PassThrough:
+        return _passed_through(search.raw, statuses, search.options.variant, search.facts,
+                               labels or [search.label] * len(statuses))
 
     async def _ask_cluster(
         self, search: _Search, body: bytes, params: list[tuple[str, str]], ndjson: bool
     ) -> Collected:
-        """The rewritten search to the cluster, its response read whole (it is rewritten, not streamed)."""
+        """The rewritten search to the cluster, its response read whole (it is rewritten, not streamed).
+
+        When traced, this request (and only this kind: the proxy writes it anyway) carries the proxy's `upstream`
+        span in `traceparent`, in place of the client's; pass-through requests go as the client sent them."""
         head = search.head
         lines = head.without(_DROPPED_ON_REWRITE)
         content_type = rewritten_content_type(search.headers, ndjson)
         if content_type is not None:
             lines.append(header_line(b"content-type", content_type))
         target = filtered_target(head.raw_path, head.raw_query, params)
-        reply: Collected = await self.state.upstream.fetch(
-            head.method, target, lines, body, authorized=head.authorized
-        )
+        facts, tracing = search.facts, self.state.tracing
+        span = tracing.upstream(facts.span, head.method) if facts.span is not None else None
+        if span is not None:
+            lines = tracing.propagated(span, lines)
+        facts.upstream_at = sent = time.perf_counter()
+        status = None
+        try:
+            reply: Collected = await self.state.upstream.fetch(
+                head.method, target, lines, body, authorized=head.authorized
+            )
+            status = reply.status
+        finally:
+            facts.upstream_s = (facts.upstream_s or 0.0) + time.perf_counter() - sent
+            if span is not None:
+                tracing.answered(span, status)
         return reply
 
+    def _scored(self, search: _Search, scored: Sequence[tuple[Scored, str | None]]) -> None:
+        """The engine's account of each scored window, on the search's facts; when traced, each window's spans and
+        the response rewrite's (from the last scores to the answer written)."""
+        facts = search.facts
+        for window, _ in scored:
+            facts.scored(window.timing)
+        if facts.span is None or not scored or not facts.span.is_recording():
+            return
+        tracing = self.state.tracing
+        for window, model in scored:
+            tracing.scoring(facts.span, window, model)
+        rewrite_from = max(window.started + window.took_ms / 1000 for window, _ in scored)
+        tracing.timed(facts.span, "rerank.rewrite", rewrite_from, time.perf_counter())
+
     @staticmethod
-    def _reranked(search: _Search, reply: Collected, document: Any, statuses: list[str]) -> Reply:
+    def _reranked(search: _Search, reply: Collected, document: Any, statuses: list[str],
+                  labels: Sequence[str] | None = None) -> Reply:
         variant = search.options.variant
         pretty = dict(search.params).get("pretty")
         encoding = reply.head.get("Content-Encoding") or ""
         payload = _compress(dumps(document, pretty=pretty is not None and pretty != "false"), encoding)
-        for status in statuses:  # once the answer is written: one that cannot be is counted as its fallback
-            metrics.record_search(status, variant)
+        for status, label in zip(statuses, labels or [search.label] * len(statuses)):
+            metrics.record_search(status, variant, label)  # once the answer is written: else it is a fallback
+        search.facts.decided(tuple(statuses), variant)
         took = f"{(time.perf_counter() - search.started) * 1000:.1f}".encode()
         lines = [*reply.head.lines, *_status_lines(tuple(statuses), variant)]
         lines.append(header_line(b"X-Rerank-Took-Ms", took))
@@ -410,10 +461,12 @@ def _forced_off(head: RequestHead) -> bool:
     return value is not None and value.decode("latin-1").strip().lower() == "off"
 
 
-def _passed_through(body: bytes | None, statuses: Sequence[str], variant: str) -> PassThrough:
-    for status in statuses:
-        metrics.record_search(status, variant)
-    return PassThrough(body, list(_status_lines(tuple(statuses), variant)))
+def _passed_through(body: bytes | None, statuses: Sequence[str], variant: str, facts: SearchFacts,
+                    labels: Sequence[str]) -> PassThrough:
+    for status, label in zip(statuses, labels):
+        metrics.record_search(status, variant, label)
+    facts.decided(tuple(statuses), variant)
+    return PassThrough(body, list(_status_lines(tuple(statuses), variant)), facts)
 
 
 def _utf8(params: list[tuple[str, str]]) -> bool:
@@ -446,12 +499,15 @@ def _document(reply: Collected) -> Any:
         raise _Unparseable from None
 
 
-async def _too_large(incoming: Incoming, close: bool = False) -> Reply:
+async def _too_large(incoming: Incoming, facts: SearchFacts | None = None, label: str = metrics.OTHER_INDEX,
+                     close: bool = False) -> Reply:
     """A search body over `max_search_body_bytes`: what both clusters answer a body over their
     `http.max_content_length` (an empty 413, no content type). A declared body is then read and dropped by the
     relay, and the connection kept, as the clusters do; a chunked one that grew past the limit ends the connection
     (`close`), as it does on the clusters."""
-    metrics.SEARCHES.inc("refused", "body-too-large", CONTROL)
+    metrics.SEARCHES.inc("refused", "body-too-large", CONTROL, label)
+    if facts is not None:
+        facts.decided(("refused; reason=body-too-large",), CONTROL)
     body = incoming.body
     if body.finished:
         await body.read(body.size)  # releases what is buffered
@@ -484,6 +540,8 @@ def _opensearch(reply: Collected) -> bool:
     return reply.head.get("X-Elastic-Product") is None
 
 
-def _as_sent(reply: Collected, statuses: list[str], variant: str) -> Reply:
+def _as_sent(search: _Search, reply: Collected, statuses: list[str]) -> Reply:
+    variant = search.options.variant
+    search.facts.decided(tuple(statuses), variant)
     return Reply(reply.status, reply.reason, [*reply.head.lines, *_status_lines(tuple(statuses), variant)],
                  reply.body)

@@ -22,10 +22,12 @@ import orjson
 from rerank.engine import ScoringEngine
 
 from . import metrics, rerank_api
+from .access_log import AccessLog, request_record
 from .admin import ADMIN_PREFIX, AdminGuard, events_answer
 from .capture import CaptureLog
 from .config import Config, ConfigError, ListenerTLS, load_config
 from .experiments import ExperimentBook
+from .facts import SearchFacts
 from .relay import Incoming, PassThrough, RelayServer
 from .rerank_api import ROUTES as API_ROUTES
 from .rerank_api import ApiGuard
@@ -33,6 +35,7 @@ from .resolve import IndexResolver
 from .routing import ADMIN, EVENTS, PASSTHROUGH, Kind, Route, classify
 from .search_endpoint import SearchEndpoint
 from .shadow import ShadowScoring
+from .tracing import Tracing
 from .upstream import Upstream, UpstreamError
 from .wire import Reply, RequestHead
 
@@ -50,6 +53,8 @@ class ProxyState:
     experiments: ExperimentBook  # carried over on reload: a reload does not reset an experiment
     shadows: ShadowScoring
     capture: CaptureLog | None
+    access_log: AccessLog
+    tracing: Tracing
 
     @functools.cached_property
     def searches(self) -> SearchEndpoint:
@@ -68,6 +73,12 @@ async def _lookup_aliases(upstream: Upstream, name: str) -> list[str]:
 async def build_state(config: Config, previous: ProxyState | None = None, wait_for_models: bool = True) -> ProxyState:
     """`wait_for_models=False`: the models load in the background (their searches fall back meanwhile); a reload
     always waits, so it never swaps a ready model for a loading one."""
+    # First what can refuse the config (a log file that cannot be opened), before anything else has changed.
+    if previous and previous.config.access_log == config.access_log:
+        access_log = previous.access_log
+    else:
+        access_log = AccessLog(config.access_log)
+    tracing = previous.tracing if previous and previous.config.tracing == config.tracing else Tracing(config.tracing)
     if previous and previous.config.upstreams == config.upstreams and previous.config.upstream == config.upstream:
         upstream = previous.upstream
     else:
@@ -95,7 +106,8 @@ async def build_state(config: Config, previous: ProxyState | None = None, wait_f
         capture = previous.capture
     else:  # the old writer (if any) is closed by the reload once the new state is in place
         capture = CaptureLog(config.capture) if config.capture is not None else None
-    return ProxyState(config, upstream, IndexResolver(config, lookup), engine, experiments, shadows, capture)
+    return ProxyState(config, upstream, IndexResolver(config, lookup), engine, experiments, shadows, capture,
+                      access_log, tracing)
 
 
 def _route(head: RequestHead) -> Route:
@@ -126,6 +138,7 @@ class ProxyServer:
         self.draining = False
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        state.access_log.install()
 
     @property
     def upstream(self) -> Upstream:
@@ -147,7 +160,7 @@ class ProxyServer:
         metrics.REQUESTS.inc(kind.value)
         if kind is Kind.PASSTHROUGH:
             return None
-        return self.state.searches.decide_on_head(head, kind) or route
+        return self.state.searches.decide_on_head(head, kind, route.index) or route
 
     async def handle(self, incoming: Incoming, route: Route) -> Reply | PassThrough:
         if route.kind is Kind.ADMIN:
@@ -155,6 +168,23 @@ class ProxyServer:
         if route.kind is Kind.EVENTS:
             return await events_answer(incoming, self.state)
         return await self.state.searches.handle(incoming, route.kind, route.index)
+
+    def finished(self, incoming: Incoming | None, status: int, sent: int, error: str | None) -> None:
+        """A data-port request was answered: its access-log line (when it is logged) and its spans (when traced)."""
+        state = self.state
+        access, tracing = state.access_log, state.tracing
+        if not (access.enabled or tracing.enabled):
+            return
+        facts = None
+        if incoming is not None:
+            facts = incoming.note
+            if facts is None and isinstance(incoming.decision, PassThrough):  # a search skipped on its head
+                facts = incoming.decision.note
+            if not isinstance(facts, SearchFacts):
+                facts = None
+        trace_id = tracing.finish(incoming, facts, status, sent, error) if tracing.enabled else None
+        if access.enabled and access.wants(status, error, facts):
+            access.write(request_record(incoming, status, sent, error, facts, trace_id))
 
     @staticmethod
     def record_upstream_error(err: UpstreamError) -> None:
@@ -168,6 +198,8 @@ class ProxyServer:
             await asyncio.to_thread(self.state.capture.close)
         await self.state.engine.close()
         await self.state.upstream.close()
+        await asyncio.to_thread(self.state.access_log.close)
+        await asyncio.to_thread(self.state.tracing.close)
 
     async def reload(self) -> None:
         """Atomic: the new config is fully validated and its models loaded before it replaces the old one."""
@@ -186,7 +218,14 @@ class ProxyServer:
             guard = AdminGuard.of(config.admin) if config.admin.listen == self.state.config.admin.listen else None
             api_guard = ApiGuard.of(config)
             old = self.state
-            self.state = await build_state(config, old)
+            try:
+                self.state = await build_state(config, old)
+            except ConfigError:
+                metrics.RELOADS.labels("rejected").inc()
+                raise
+            if old.access_log is not self.state.access_log:  # at once: no line goes to both, or to neither
+                old.access_log.detach()
+                self.state.access_log.install()
             if guard is not None:
                 self.admin_guard = guard
             self.api_guard = api_guard
@@ -194,6 +233,10 @@ class ProxyServer:
             await old.engine.close_unused(self.state.engine)
             if old.capture is not None and old.capture is not self.state.capture:
                 await asyncio.to_thread(old.capture.close)
+            if old.access_log is not self.state.access_log:
+                await asyncio.to_thread(old.access_log.close)
+            if old.tracing is not self.state.tracing:  # spans of requests still in flight go with the old one
+                self._later(60, asyncio.to_thread(old.tracing.close))
             if old.upstream is not self.state.upstream:
                 # Requests in flight keep the old pool for a while; then its idle connections are closed.
                 self._later(60, old.upstream.close())

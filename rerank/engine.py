@@ -239,6 +239,21 @@ class Job(Search):
     enqueued: float  # the event loop's clock, as the deadline
     encodings: Sequence[Encoding | None] = ()  # per todo pair, once tokenized, when the backend is a PairEncoder
     left: int = 0  # todo pairs not scored yet, once tokenized
+    timing: ScoreTiming | None = None  # the caller's, filled in as the search goes
+
+
+@dataclass(eq=False)
+class ScoreTiming:
+    """How one search's scoring went in the engine, for the caller's own record of the request (its access-log line,
+    its trace spans): filled in by the engine as it goes, read once the score call has returned. Times are
+    `time.perf_counter()` seconds; durations are the ones the engine's metrics observe. Left at None/0 for a search
+    answered at the door (all from the score cache, or refused)."""
+
+    enqueued: float | None = None  # when the search was sent to the model's queue
+    queue_s: float | None = None  # how long it waited before its first micro-batch (`rerank_queue_wait_seconds`)
+    model_s: float = 0.0  # the model calls that scored its pairs, added up (`rerank_model_batch_seconds`)
+    model_started: float | None = None  # the first of those calls began
+    model_ended: float | None = None  # the last one ended
 
 
 # ---- the queue's messages -------------------------------------------------------------------------------------------
@@ -293,6 +308,7 @@ class _Scored:
     batch: list[Pair[Job]]
     result: asyncio.Future[list[float]]
     seconds: float  # from handing the call to the model thread to its result on the event loop
+    started: float  # time.perf_counter() when it was handed over
 
 
 @dataclass(frozen=True, eq=False)
@@ -651,6 +667,8 @@ class ModelQueue:
         wanted: list[tuple[Job, int, str, str, Hashable, int, Encoding | None]] = []
         for job in jobs:
             metrics.QUEUE_WAIT.labels(self.name).observe(now - job.enqueued)
+            if job.timing is not None:
+                job.timing.queue_s = now - job.enqueued
             for (i, doc, doc_key), tokens, encoding in zip(job.todo, job.tokens, job.encodings):
                 key = (self._instruction, job.query, doc_key)
                 cached = self._scores.get(key)  # scored since the job was sent (the same page, asked twice)
@@ -665,7 +683,7 @@ class ModelQueue:
         started = time.perf_counter()
         result = loop.run_in_executor(self._model_thread, _score_batch, self._scorer, self._encoder, batch)
         self._running = (batch, result)
-        result.add_done_callback(lambda done: self.post(_Scored(batch, done, time.perf_counter() - started)))
+        result.add_done_callback(lambda done: self.post(_Scored(batch, done, time.perf_counter() - started, started)))
 
     def _scored(self, message: _Scored) -> None:
         batch, result = message.batch, message.result
@@ -690,6 +708,7 @@ class ModelQueue:
         metrics.BATCH_FILL.labels(self.name).observe(real / padded if padded else 1.0)
         metrics.BATCH_TOKENS.labels(self.name, "real").inc(real)
         metrics.BATCH_TOKENS.labels(self.name, "padding").inc(padded - real)
+        _timed({job for pair in batch for job, _ in pair.targets}, message)
         for pair, value in zip(batch, scores):
             self._scores.put(pair.key, value)  # type: ignore[arg-type]  # also when its searches gave up meanwhile
             for job, i in pair.targets:
@@ -751,6 +770,18 @@ class ModelQueue:
             window_open=self._window_ends is not None,
             stopped=self._stopped,
         )
+
+
+def _timed(jobs: set[Job], call: _Scored) -> None:
+    """A model call that scored pairs of `jobs`, on each one's timing (once per call, however many pairs it had)."""
+    ended = call.started + call.seconds
+    for job in jobs:
+        timing = job.timing
+        if timing is not None:
+            timing.model_s += call.seconds
+            if timing.model_started is None:
+                timing.model_started = call.started
+            timing.model_ended = ended
 
 
 class _ModelWorker:
@@ -910,7 +941,9 @@ class _ModelWorker:
             log.info("model %s: circuit closed, the trial search succeeded", self.name)
 
     # ---- the door -----------------------------------------------------------------------------------------------
-    async def score(self, query: str, docs: Sequence[str], timeout_s: float) -> list[float | None]:
+    async def score(
+        self, query: str, docs: Sequence[str], timeout_s: float, timing: ScoreTiming | None = None
+    ) -> list[float | None]:
         if self._closed:
             raise ModelUnavailable(f"model {self.name} was unloaded")
         if self.scorer is None:
@@ -935,7 +968,7 @@ class _ModelWorker:
             raise self._circuit_refusal()
         ok: bool | None = None  # what the search says about the model: None = nothing (refused, left, unloaded)
         try:
-            result = await self._send(query, scores, todo, timeout_s)
+            result = await self._send(query, scores, todo, timeout_s, timing)
             ok = all(score is not None for score in result)  # partial: the deadline passed first
             return result
         except (Overloaded, ModelUnavailable):
@@ -947,7 +980,8 @@ class _ModelWorker:
             self._record(ticket, ok)
 
     async def _send(
-        self, query: str, scores: list[float | None], todo: list[tuple[int, str, bytes]], timeout_s: float
+        self, query: str, scores: list[float | None], todo: list[tuple[int, str, bytes]], timeout_s: float,
+        timing: ScoreTiming | None,
     ) -> list[float | None]:
         """Admit the search (or refuse it), send it to the queue and wait for it until its deadline at most."""
         refused = admit(self._in_flight, self.settings.max_queue)
@@ -957,7 +991,9 @@ class _ModelWorker:
         loop = asyncio.get_running_loop()
         now = loop.time()
         job = Job(seq=next(self._seq), deadline=now + timeout_s, query=query, todo=todo, scores=scores,
-                  future=loop.create_future(), enqueued=now)
+                  future=loop.create_future(), enqueued=now, timing=timing)
+        if timing is not None:
+            timing.enqueued = time.perf_counter()
         self._in_flight += 1
         job.future.add_done_callback(self._answered)
         metrics.QUEUE_DEPTH.labels(self.name).set(self._in_flight)
@@ -1049,16 +1085,19 @@ class ScoringEngine:
         """Searches sent to the models' queues and not answered yet, every model together."""
         return sum(w.in_flight for w in self._workers.values())
 
-    async def score(self, model: str, query: str, docs: Sequence[str], timeout_s: float) -> list[float | None]:
+    async def score(
+        self, model: str, query: str, docs: Sequence[str], timeout_s: float, timing: ScoreTiming | None = None
+    ) -> list[float | None]:
         """One score per document, in order. At the deadline, the scores so far and None for the rest; with none
         scored, TimeoutError. At once when the model cannot take the search: ModelLoading (not loaded yet),
-        CircuitOpen (its breaker is open), Overloaded (its queue is full), ModelUnavailable (unknown or unloaded)."""
+        CircuitOpen (its breaker is open), Overloaded (its queue is full), ModelUnavailable (unknown or unloaded).
+        `timing`: filled in with how long the search waited in the queue and in model calls."""
         worker = self._workers.get(model)
         if worker is None:
             raise ModelUnavailable(f"no model named {model}")
         if not docs:
             return []
-        return await worker.score(query, docs, timeout_s)
+        return await worker.score(query, docs, timeout_s, timing)
 
     async def reconfigured(self, models: Mapping[str, ModelSpec]) -> ScoringEngine:
         """A new engine for a reloaded config: unchanged loaded models keep their worker (queue, score cache and

@@ -37,7 +37,7 @@ def test_a_model_that_cannot_load_falls_back_to_the_cluster_order_and_says_why(s
         health = orjson.loads(raw("GET", f"{proxy.admin_url}/_rerank_proxy/health").body)
         assert health["status"] == "degraded" and "/nonexistent/model" in health["models"]["broken"]
         metrics = raw("GET", f"{proxy.admin_url}/_rerank_proxy/metrics").body.decode()
-        assert 'rerank_proxy_fallbacks_total{model="broken",reason="model-loading"}' in metrics
+        assert 'rerank_proxy_fallbacks_total{index="_other",model="broken",reason="model-loading"}' in metrics
 
 
 def test_a_model_error_during_scoring_falls_back(es_target):

@@ -73,7 +73,7 @@ def body(query: str) -> bytes:
 
 def language_skips(admin_url: str) -> float:
     text = raw("GET", f"{admin_url}/_rerank_proxy/metrics").body.decode()
-    line = r'^rerank_proxy_searches_total\{outcome="skipped",reason="language",variant="control"\} (\S+)$'
+    line = r'^rerank_proxy_searches_total\{index="_other",outcome="skipped",reason="language",variant="control"\} (\S+)$'
     found = re.search(line, text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 

@@ -39,7 +39,7 @@ class Engine:
     def __init__(self, failing=()):
         self.failing = failing
 
-    async def score(self, model, query, docs, timeout_s):
+    async def score(self, model, query, docs, timeout_s, timing=None):
         if model in self.failing:
             raise ModelUnavailable(model)
         return [float(i) for i in range(len(docs))]  # the cluster's order, reversed

@@ -207,7 +207,8 @@ def test_served_languages_index_first_then_model():
 def test_the_skip_is_counted_with_its_reason():
     def count():
         return REGISTRY.get_sample_value(
-            "rerank_proxy_searches_total", {"outcome": "skipped", "reason": "language", "variant": "control"}
+            "rerank_proxy_searches_total",
+            {"outcome": "skipped", "reason": "language", "variant": "control", "index": "_other"},
         ) or 0.0
 
     before = count()

@@ -155,7 +155,7 @@ class _Unread:
 def _endpoint(**config: object) -> SearchEndpoint:
     models = {"m": {"backend": "bi-encoder", "source": "x"}}
     return SearchEndpoint(SimpleNamespace(config=parse_config({"models": models, **config}),
-                                          upstream=None))
+                                          upstream=None, tracing=SimpleNamespace(enabled=False)))
 
 
 def _forced_off_search(*extra: tuple[bytes, bytes]) -> SimpleNamespace:

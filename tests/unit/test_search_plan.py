@@ -31,7 +31,7 @@ class Engine:
     def __init__(self, result):
         self.result, self.calls = result, []
 
-    async def score(self, model, query, docs, timeout_s):
+    async def score(self, model, query, docs, timeout_s, timing=None):
         self.calls.append((model, query, list(docs)))
         if isinstance(self.result, Exception):
             raise self.result
