@@ -583,7 +583,7 @@ class ClientConnection(asyncio.Protocol):
                 self.close()
                 return
         elif sink.started or sink.exchange is not None:
-            self._report(incoming, exchange.status, sink.sent, _failure_kind(error))
+            self._report(incoming, exchange.status, sink.sent, error.kind)
             self.abort()  # the head went out: cutting the connection is the only honest way to say it broke
             return
         elif exchange.retryable and incoming is not None:
@@ -595,7 +595,7 @@ class ClientConnection(asyncio.Protocol):
             incoming.body.consume()
         if error is not None:
             failure = self._upstream_failure(error)
-            self._report(incoming, failure.status, len(failure.body), _failure_kind(error))
+            self._report(incoming, failure.status, len(failure.body), error.kind)
             if not self._write_answer(sink.request, failure):
                 self.close()
                 return
@@ -671,7 +671,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             answer = await self.server.app.handle(incoming, decision)
         except UpstreamError as err:
-            return await self._answer(incoming, self._upstream_failure(err), _failure_kind(err))
+            return await self._answer(incoming, self._upstream_failure(err), err.kind)
         except Exception as err:  # a bug of ours: said in the cluster's error format, the connection kept
             log.exception("error handling %s %r", head.method, head.target)
             return await self._answer(incoming, es_error_reply(
@@ -723,10 +723,10 @@ class ClientConnection(asyncio.Protocol):
             incoming.upstream_s = _clock() - incoming.upstream_at
             if sink.started or sink.exchange is not None:
                 status = sink.exchange.status if sink.exchange is not None else 0
-                self._report(incoming, status, sink.sent, _failure_kind(err))
+                self._report(incoming, status, sink.sent, err.kind)
                 self.abort()  # the head went out: cutting the connection is the only honest way to say it broke
                 return False
-            return await self._answer(incoming, self._upstream_failure(err), _failure_kind(err))
+            return await self._answer(incoming, self._upstream_failure(err), err.kind)
         incoming.upstream_s = _clock() - incoming.upstream_at
         self._report(incoming, sink.exchange.status if sink.exchange is not None else 0, sink.sent, None)
         return not sink.close and incoming.body.finished
@@ -739,11 +739,6 @@ def _framing(head: RequestHead, body: bytes | None) -> tuple[bool, list[bytes]]:
         body is None or head.content_length == b"%d" % len(body)
     )
     return framed, head.lines_with_length() if framed else head.lines
-
-
-def _failure_kind(err: UpstreamError) -> str:
-    """`unavailable`, `timeout` or `broken`, as `rerank_proxy_upstream_errors_total` counts it."""
-    return type(err).__name__.removeprefix("Upstream").lower() or "broken"
 
 
 def _declared(head: RequestHead) -> int:

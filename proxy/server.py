@@ -188,7 +188,7 @@ class ProxyServer:
 
     @staticmethod
     def record_upstream_error(err: UpstreamError) -> None:
-        metrics.counter(metrics.UPSTREAM_ERRORS, type(err).__name__.removeprefix("Upstream").lower() or "broken").inc()
+        metrics.counter(metrics.UPSTREAM_ERRORS, err.kind).inc()
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):

@@ -33,17 +33,20 @@ class UpstreamError(Exception):
 
     status = 502
     error_type = "rerank_proxy_upstream_exception"
+    kind = "broken"  # as `rerank_proxy_upstream_errors_total` and the access log name it
 
 
 class UpstreamUnavailable(UpstreamError):
     """No upstream URL accepted the connection."""
 
     error_type = "rerank_proxy_upstream_unavailable_exception"
+    kind = "unavailable"
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     error_type = "rerank_proxy_upstream_timeout_exception"
+    kind = "timeout"
 
 
 class Sink(Protocol):

@@ -15,6 +15,8 @@ from proxy.access_log import AccessLog, path_template, request_record, route_of
 from proxy.config import AccessLogOptions, ConfigError, parse_config
 from proxy.facts import SearchFacts
 from proxy.relay import Incoming
+from proxy.server import ProxyServer
+from proxy.upstream import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from proxy.wire import RequestHead
 from rerank.engine import ScoreTiming
 
@@ -295,3 +297,16 @@ def test_the_options_are_validated():
     config = parse_config({"models": {"m": {"backend": "bi-encoder", "source": "x"}}})
     assert config.access_log == AccessLogOptions(enabled=False, sample=1.0, always_log_errors=True,
                                                  destination="stderr")
+
+
+@pytest.mark.parametrize(("err", "kind"), [
+    (UpstreamError("reset"), "broken"), (UpstreamUnavailable("refused"), "unavailable"),
+    (UpstreamTimeout("slow"), "timeout"),
+])
+def test_an_upstream_failure_has_one_kind_for_the_metric_and_the_log(err: UpstreamError, kind: str) -> None:
+    def count() -> float:
+        return REGISTRY.get_sample_value("rerank_proxy_upstream_errors_total", {"kind": kind}) or 0.0
+
+    before = count()
+    ProxyServer.record_upstream_error(err)
+    assert err.kind == kind and count() == before + 1
