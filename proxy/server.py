@@ -206,19 +206,15 @@ class ProxyServer:
         if self.config_path is None:
             raise ConfigError("the proxy was started without a config file")
         async with self._reload_lock:
-            try:
-                config = load_config(self.config_path).with_overrides(**self.overrides)
-            except ConfigError:
-                metrics.RELOADS.labels("rejected").inc()
-                raise
-            if config.listen != self.state.config.listen:
-                log.warning("listen changed to %s: takes effect on restart", config.listen)
-            if config.admin.listen != self.state.config.admin.listen or config.tls != self.state.config.tls:
-                log.warning("admin.listen or tls changed: takes effect on restart")
-            guard = AdminGuard.of(config.admin) if config.admin.listen == self.state.config.admin.listen else None
-            api_guard = ApiGuard.of(config)
             old = self.state
-            try:
+            try:  # the file, and what the new state opens (a log file), can each refuse the reload
+                config = load_config(self.config_path).with_overrides(**self.overrides)
+                if config.listen != old.config.listen:
+                    log.warning("listen changed to %s: takes effect on restart", config.listen)
+                if config.admin.listen != old.config.admin.listen or config.tls != old.config.tls:
+                    log.warning("admin.listen or tls changed: takes effect on restart")
+                guard = AdminGuard.of(config.admin) if config.admin.listen == old.config.admin.listen else None
+                api_guard = ApiGuard.of(config)
                 self.state = await build_state(config, old)
             except ConfigError:
                 metrics.RELOADS.labels("rejected").inc()
