@@ -1,6 +1,7 @@
 """The model failing never fails a search; the cluster failing is reported the way the cluster would."""
 from __future__ import annotations
 
+import re
 import socket
 
 import orjson
@@ -101,6 +102,12 @@ def test_sticky_split_keeps_each_user_on_one_variant_and_echoes_it(scifact_es):
         assert 'rerank_proxy_variant_total{how="sticky",variant="small"}' in metrics
 
 
+def _reloads(proxy: RunningProxy) -> dict[str, float]:
+    metrics = raw("GET", f"{proxy.admin_url}/_rerank_proxy/metrics").body.decode()
+    found = re.findall(r'^rerank_proxy_config_reloads_total\{result="(\w+)"\} ([\d.]+)$', metrics, re.M)
+    return {result: float(value) for result, value in found}
+
+
 def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(scifact_es, tmp_path):
     import yaml
 
@@ -112,9 +119,21 @@ def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(scifact
         rejected = raw("POST", f"{proxy.admin_url}/_rerank_proxy/reload")
         assert rejected.status == 400 and b"defaults.window" in rejected.body
         assert raw("POST", f"{proxy.url}/scifact/_search", BODY).headers["X-Rerank-Status"] == "reranked"
+        assert _reloads(proxy).get("rejected") == 1.0
+
+        # A file that parses, refused by what the new state opens (its access log): counted once as well.
+        unwritable = tmp_path / "no-such-dir" / "access.log"
+        access_log = {"enabled": True, "destination": str(unwritable)}
+        path.write_text(yaml.safe_dump({**config, "access_log": access_log}))
+        rejected = raw("POST", f"{proxy.admin_url}/_rerank_proxy/reload")
+        assert rejected.status == 400 and b"access_log.destination" in rejected.body
+        assert raw("POST", f"{proxy.url}/scifact/_search", BODY).headers["X-Rerank-Status"] == "reranked"
+        reloads = _reloads(proxy)
+        assert reloads.get("rejected") == 2.0 and reloads.get("ok", 0.0) == 0.0
 
         config["indices"][0]["enabled"] = False
         path.write_text(yaml.safe_dump(config))
         assert raw("POST", f"{proxy.admin_url}/_rerank_proxy/reload").status == 200
         status = raw("POST", f"{proxy.url}/scifact/_search", BODY).headers["X-Rerank-Status"]
         assert status == "skipped; reason=disabled"
+        assert _reloads(proxy) == {"rejected": 2.0, "ok": 1.0}
