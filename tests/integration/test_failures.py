@@ -102,10 +102,11 @@ def test_sticky_split_keeps_each_user_on_one_variant_and_echoes_it(scifact_es):
         assert 'rerank_proxy_variant_total{how="sticky",variant="small"}' in metrics
 
 
-def _reloads(proxy: RunningProxy) -> dict[str, float]:
+def _reloads(proxy: RunningProxy, since: dict[str, float] | None = None) -> dict[str, float]:
+    """Reloads counted by result, less those in `since` (the registry is the test process's, shared by its proxies)."""
     metrics = raw("GET", f"{proxy.admin_url}/_rerank_proxy/metrics").body.decode()
     found = re.findall(r'^rerank_proxy_config_reloads_total\{result="(\w+)"\} ([\d.]+)$', metrics, re.M)
-    return {result: float(value) for result, value in found}
+    return {result: float(value) - (since or {}).get(result, 0.0) for result, value in found}
 
 
 def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(scifact_es, tmp_path):
@@ -115,11 +116,12 @@ def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(scifact
     config = proxy_config(scifact_es)
     path.write_text(yaml.safe_dump(config))
     with RunningProxy(config, config_path=path) as proxy:
+        before = _reloads(proxy)
         path.write_text(yaml.safe_dump({**config, "defaults": {"window": "many"}}))
         rejected = raw("POST", f"{proxy.admin_url}/_rerank_proxy/reload")
         assert rejected.status == 400 and b"defaults.window" in rejected.body
         assert raw("POST", f"{proxy.url}/scifact/_search", BODY).headers["X-Rerank-Status"] == "reranked"
-        assert _reloads(proxy).get("rejected") == 1.0
+        assert _reloads(proxy, before).get("rejected") == 1.0
 
         # A file that parses, refused by what the new state opens (its access log): counted once as well.
         unwritable = tmp_path / "no-such-dir" / "access.log"
@@ -128,7 +130,7 @@ def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(scifact
         rejected = raw("POST", f"{proxy.admin_url}/_rerank_proxy/reload")
         assert rejected.status == 400 and b"access_log.destination" in rejected.body
         assert raw("POST", f"{proxy.url}/scifact/_search", BODY).headers["X-Rerank-Status"] == "reranked"
-        reloads = _reloads(proxy)
+        reloads = _reloads(proxy, before)
         assert reloads.get("rejected") == 2.0 and reloads.get("ok", 0.0) == 0.0
 
         config["indices"][0]["enabled"] = False
@@ -136,4 +138,5 @@ def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(scifact
         assert raw("POST", f"{proxy.admin_url}/_rerank_proxy/reload").status == 200
         status = raw("POST", f"{proxy.url}/scifact/_search", BODY).headers["X-Rerank-Status"]
         assert status == "skipped; reason=disabled"
-        assert _reloads(proxy) == {"rejected": 2.0, "ok": 1.0}
+        reloads = _reloads(proxy, before)
+        assert reloads.get("rejected") == 2.0 and reloads.get("ok") == 1.0
