@@ -10,6 +10,11 @@ The usual request (whole in one read, passed through, an idle cluster connection
 protocol's callbacks alone: sent upstream as it is parsed, answered as the cluster's answer is parsed. Anything
 that must wait (a body still arriving, a connection to open, a search to read, an error to answer after a
 retry) goes to the connection's worker task, which serves the queue in order.
+
+The most usual request of all (plain HTTP/1.1, `proxy/plain.py`, answered plainly) takes the plain lane: one step
+per direction, no parser callbacks, no per-request objects beyond one `_PlainExchange`. Whenever the lane cannot go
+on (an answer that is not plain, a cluster that fails or is slow, a client that leaves), the objects the callbacks
+path would have built are built then, and that path goes on from where the lane stopped.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from typing import Any, Protocol
 import httptools
 
 from .errors import es_error_reply
+from .plain import PlainRequest, PlainResponse, plain_request, request_head
 from .upstream import Exchange, Upstream, UpstreamError
 from .wire import Reply, RequestHead
 
@@ -213,6 +219,10 @@ class Incoming:
     reported: bool = False  # `finished` was told
 
 
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 class _ClientSink:
     """The cluster's response on its way to the client: what one read of the cluster's socket delivers goes out in
     one write, when the connection calls `read_done` (a small answer: one send())."""
@@ -270,7 +280,7 @@ class _ClientSink:
     def body(self, chunk: bytes) -> None:
         self.sent += len(chunk)
         if self.rechunk:
-            self._pending.append(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self._pending.append(_chunk(chunk))
         else:
             self._pending.append(chunk)
             self._hold = False
@@ -311,6 +321,28 @@ class _ClientSink:
                 self.conn.on_drain(self.exchange.resume_reading)
 
 
+class _PlainExchange:
+    """A plain request on the plain lane: what the client connection needs to answer it, or to hand it on."""
+
+    __slots__ = ("client", "request", "head", "decision", "extra", "started", "upstream")
+
+    def __init__(self, client: ClientConnection, request: PlainRequest, head: RequestHead | None, decision: object,
+                 extra: Sequence[bytes]):
+        self.client = client
+        self.request = request
+        self.head = head  # built only when the application had to see it
+        self.decision = decision  # what `claims` said (None: pass it through)
+        self.extra = extra
+        self.started = _clock()
+        self.upstream: Any = None  # the cluster connection it went out on
+
+    def answered(self, answer: PlainResponse) -> None:
+        self.client._plain_answered(self, answer)
+
+    def adopt(self, conn: Any) -> Exchange:
+        return self.client._plain_adopted(self, conn)
+
+
 class ClientConnection(asyncio.Protocol):
     """One client's connection; parses requests as they arrive and serves them one at a time, in order."""
 
@@ -335,6 +367,7 @@ class ClientConnection(asyncio.Protocol):
         self._raw_target: bytes | None = None  # the target as sent, where the parser was given a masked copy
         self._fast: Incoming | None = None  # the request served from callbacks, while its exchange runs
         self._fast_exchange: Exchange | None = None
+        self._plain: _PlainExchange | None = None  # the request on the plain lane, while its answer is awaited
         self.lost = False
 
     # -- asyncio.Protocol --
@@ -351,6 +384,11 @@ class ClientConnection(asyncio.Protocol):
         return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "?"
 
     def data_received(self, data: bytes) -> None:
+        if self._idle_for_plain:
+            plain = plain_request(data)
+            if plain is not None:
+                self._serve_plain(plain)
+                return
         if not self._in_message and not data.isascii():
             data = self._ascii_request_line(data)
         try:
@@ -368,6 +406,8 @@ class ClientConnection(asyncio.Protocol):
             self._worker.cancel()  # its upstream exchange is aborted and its pool slot freed
         if self._fast_exchange is not None:
             self._fast_exchange.abandon()
+        if self._plain is not None:
+            self._plain.upstream.abort()  # adopted as it closes: the path below reports the client gone
         self._wake()
 
     def pause_writing(self) -> None:
@@ -427,13 +467,27 @@ class ClientConnection(asyncio.Protocol):
             head.target, self._raw_target = self._raw_target, None
         if head.connection:
             head.finish()
+        self._parsing = self._queue_request(head)
+
+    def _queue_request(self, head: RequestHead, started: float | None = None) -> Incoming:
         no_body = not head.chunked and head.content_length in (None, b"0")
         awaits = head.expect == b"100-continue" and head.version == "1.1"
-        incoming = Incoming(head, ClientBody(self, finished=no_body, awaits_continue=awaits), started=_clock())
-        self._parsing = incoming
+        incoming = Incoming(head, ClientBody(self, finished=no_body, awaits_continue=awaits),
+                            started=_clock() if started is None else started)
         self.queue.append(incoming)
         if len(self.queue) > MAX_QUEUED:
             self.pause_reading()
+        return incoming
+
+    def _incoming(self, request: PlainRequest, head: RequestHead | None, decision: object,
+                  started: float | None = None) -> Incoming:
+        """A plain request queued as the parser would have queued it, with what `claims` said (asked once)."""
+        incoming = self._queue_request(head or request_head(request), started)
+        incoming.decision = decision
+        if request.body:
+            incoming.body.feed(request.body)
+            incoming.body.finish()
+        return incoming
 
     def on_body(self, chunk: bytes) -> None:
         self._parsing.body.feed(chunk)  # type: ignore[union-attr]
@@ -455,7 +509,14 @@ class ClientConnection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """No request being received, queued or served: closing now loses nothing."""
-        return not self._in_message and not self.queue and self._fast is None and self._worker_waits
+        return (not self._in_message and not self.queue and self._fast is None and self._plain is None
+                and self._worker_waits)
+
+    @property
+    def _idle_for_plain(self) -> bool:
+        """Nothing else is read, queued, served or owed here: a request may take the plain lane."""
+        return (self._plain is None and self._fast is None and not self._in_message and not self.queue
+                and self._broken is None and self._worker_waits and not self.server.draining)
 
     @property
     def _worker_waits(self) -> bool:
@@ -528,12 +589,79 @@ class ClientConnection(asyncio.Protocol):
         self.on_message_complete()
         self.pause_reading()
 
+    # -- the plain lane --
+
+    def _serve_plain(self, request: PlainRequest) -> None:
+        app = self.server.app
+        head: RequestHead | None = None
+        decision: object = None
+        extra: Sequence[bytes] = ()
+        if not self.server.passes_through(request.method, request.target):
+            head = request_head(request)
+            decision = app.claims(head)
+            if isinstance(decision, PassThrough) and decision.body is None:
+                extra = decision.extra_lines
+            elif decision is not None:  # the application's to answer
+                self._incoming(request, head, decision)
+                self._dispatch()
+                return
+        plain = _PlainExchange(self, request, head, decision, extra)
+        plain.upstream = app.upstream.start_plain(
+            plain, request.method, request.target, request.lines, request.body, request.authorized)
+        if plain.upstream is None:  # no idle connection: the worker opens one
+            self._incoming(request, head, decision, plain.started)
+            self._dispatch()
+        else:
+            self._plain = plain
+
+    def _plain_answered(self, plain: _PlainExchange, answer: PlainResponse) -> None:
+        self._plain = None
+        if self.lost:  # the cluster answered as the client left
+            self._report_plain(plain, CLIENT_CLOSED, 0, "client-closed")
+            return
+        parts = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason), answer.lines, *plain.extra]
+        close = not plain.request.keep_alive
+        if self.closing and not close:
+            parts.append(b"connection: close\r\n")
+            close = True
+        if answer.chunks is None:
+            parts += (b"\r\n", answer.body)
+        else:
+            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+            parts += map(_chunk, answer.chunks)
+            parts.append(b"0\r\n\r\n")
+        self.write(b"".join(parts))
+        self._report_plain(plain, answer.status, len(answer.body), None)
+        if close:
+            self.close()
+        elif self.queue or self._broken is not None or self.server.draining:
+            self._run_worker()
+
+    def _report_plain(self, plain: _PlainExchange, status: int, sent: int, error: str | None) -> None:
+        if self.server.records:  # the application keeps a record of each request: it gets what the others get
+            body = ClientBody(self, finished=True)
+            body.size = len(plain.request.body)
+            incoming = Incoming(plain.head or request_head(plain.request), body, plain.decision,
+                                started=plain.started, upstream_at=plain.started, upstream_s=_clock() - plain.started)
+            self._report(incoming, status, sent, error)
+
+    def _plain_adopted(self, plain: _PlainExchange, conn: Any) -> Exchange:
+        """The lane cannot go on: the request becomes what the callbacks path would have made of it, in flight."""
+        self._plain = None
+        incoming = self._incoming(plain.request, plain.head, plain.decision, plain.started)
+        self.queue.remove(incoming)
+        incoming.upstream_at = plain.started
+        self._fast = incoming
+        exchange: Exchange = conn.adopted(_ClientSink(self, incoming.head, plain.extra), self._served)
+        self._fast_exchange = exchange
+        return exchange
+
     # -- serving from callbacks --
 
     def _dispatch(self) -> None:
         """After a read: the next request served at once if nothing else is being served and it needs no waiting,
         else by the worker (a busy worker goes on to the queue by itself)."""
-        if self._fast is not None or not self._worker_waits:
+        if self._fast is not None or self._plain is not None or not self._worker_waits:
             return
         if self.queue and self._broken is None and not self.lost and self._serve_at_once(self.queue[0]):
             return
@@ -757,9 +885,19 @@ class RelayServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_upstream_error = on_upstream_error
         self.finished: Finished | None = getattr(app, "finished", None)
+        # What an application may also say, cheaply, for the plain lane: that `claims` would pass a request through
+        # on its method and raw target alone (so no head is built), and whether `finished` keeps records.
+        self._passes_through: Callable[[str, bytes], bool] | None = getattr(app, "passes_through", None)
         self._server: asyncio.Server | None = None
         self.draining = False
         self._drained: asyncio.Event | None = None
+
+    def passes_through(self, method: str, target: bytes) -> bool:
+        return self._passes_through is not None and self._passes_through(method, target)
+
+    @property
+    def records(self) -> bool:
+        return self.finished is not None and getattr(self.app, "records_requests", True)
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)

@@ -110,11 +110,10 @@ async def build_state(config: Config, previous: ProxyState | None = None, wait_f
                       access_log, tracing)
 
 
-def _route(head: RequestHead) -> Route:
+def _route(method: str, raw_path: bytes) -> Route:
     # Most traffic is not a search: a path that cannot name one skips routing (classify decodes, hence the `%`).
-    raw = head.raw_path
-    if b"search" in raw or b"%" in raw:
-        return _classified(head.method, raw)
+    if b"search" in raw_path or b"%" in raw_path:
+        return _classified(method, raw_path)
     return PASSTHROUGH
 
 
@@ -144,6 +143,22 @@ class ProxyServer:
     def upstream(self) -> Upstream:
         return self.state.upstream
 
+    def passes_through(self, method: str, target: bytes) -> bool:
+        """What `claims` says of most requests, read off the method and raw target alone (and counted as it
+        counts them): True, pass it through; False, `claims` must see the head."""
+        raw = target.partition(b"?")[0]
+        if raw.startswith(b"/_rerank_proxy/") or (b"%" in raw and self.admin_guard.on_data_port):
+            return False  # perhaps the proxy's own paths
+        if _route(method, raw).kind is not Kind.PASSTHROUGH:
+            return False
+        metrics.REQUESTS.inc(Kind.PASSTHROUGH.value)
+        return True
+
+    @property
+    def records_requests(self) -> bool:
+        """Whether `finished` keeps anything of a request (an access-log line, spans)."""
+        return self.state.access_log.enabled or self.state.tracing.enabled
+
     def claims(self, head: RequestHead) -> Route | PassThrough | None:
         """The route of a request the proxy answers itself (a search, an admin path); None: pass it through; a
         PassThrough: a search skipped on its head alone."""
@@ -155,7 +170,7 @@ class ProxyServer:
             raw.startswith(b"/_rerank_proxy/") or (b"%" in raw and head.path.startswith(ADMIN_PREFIX))
         ):
             return ADMIN
-        route = _route(head)
+        route = _route(head.method, raw)
         kind = route.kind
         metrics.REQUESTS.inc(kind.value)
         if kind is Kind.PASSTHROUGH:

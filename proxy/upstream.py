@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import httptools
 
 from .config import Config, UpstreamOptions
+from .plain import PlainResponse, plain_response
 from .wire import Head, header_line
 
 # Answers after which the cluster may have stopped reading the connection properly: Elasticsearch answers a too-long
@@ -65,6 +66,17 @@ class Sink(Protocol):
 
 
 OnEnd = Callable[["Exchange", "UpstreamError | None"], None]
+
+
+class PlainTaker(Protocol):
+    """Who waits for the answer to a request sent by `Upstream.start_plain`."""
+
+    def answered(self, answer: PlainResponse) -> None:
+        """The whole answer, plain, the connection already back in the pool (or closed)."""
+
+    def adopt(self, conn: _Connection) -> Exchange:
+        """The answer is not plain, or did not come: the exchange as `start` would have begun it (by
+        `conn.adopted`), which goes on from here (the parser, a retry, an ES-style error)."""
 
 
 class RequestBody(Protocol):
@@ -231,6 +243,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
+        self.taker: PlainTaker | None = None  # a plain exchange's, until answered or adopted
         self.reusable = False
         self.alive = True
         self.write_paused = False
@@ -246,6 +259,17 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        taker = self.taker
+        if taker is not None:
+            answer = plain_response(data)
+            if answer is not None:
+                self.taker = None
+                self._cancel_timer()
+                self.reusable = answer.keep_alive and answer.status not in _REFUSALS
+                self.pool.release(self)
+                taker.answered(answer)
+                return
+            self._adopt()
         exchange = self.exchange
         if exchange is None:  # bytes nobody asked for: the connection is out of step, never reuse it
             self.abort()
@@ -263,6 +287,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
+        if self.taker is not None:
+            self._adopt()
         self._cancel_timer()
         self.pool.forget(self)
         exchange = self.exchange
@@ -314,12 +340,31 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange's side --
 
+    def _adopt(self) -> None:
+        taker, self.taker = self.taker, None
+        assert taker is not None
+        taker.adopt(self)
+
+    def adopted(self, sink: Sink, on_end: OnEnd) -> Exchange:
+        """The exchange of a plain request already sent on this (pooled) connection."""
+        exchange = Exchange(self, sink, False, False, on_end, reused=True)
+        exchange.request_sent = True
+        self.exchange = exchange
+        return exchange
+
+    def start_plain(self, taker: PlainTaker, request: bytes) -> None:
+        self.taker = taker
+        self._send(request)
+
     def start(self, exchange: Exchange, request_head: bytes) -> None:
         self.exchange = exchange
+        self._send(request_head)
+
+    def _send(self, request: bytes) -> None:
         self.reusable = False
         self._timeout_error = None
         self._arm(self.pool.options.response_timeout_s, "did not answer within")
-        self.write(request_head)
+        self.write(request)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and self.alive:
@@ -361,6 +406,8 @@ class _Connection(asyncio.Protocol):
             return
         seconds, what = self._limit
         self._timeout_error = UpstreamTimeout(f"the cluster {what} {seconds:g}s")
+        if self.taker is not None:
+            self._adopt()
         if self.exchange is not None:
             self.exchange.fail(self._timeout_error)
         self.abort()
@@ -594,6 +641,20 @@ class Upstream:
         if conn is None:
             return None
         return self._begin(conn, True, method, target, lines, body, sink, on_end, framed, authorized)
+
+    def start_plain(
+        self, taker: PlainTaker, method: str, target: bytes, lines: bytes, body: bytes, authorized: bool
+    ) -> _Connection | None:
+        """A plain request (its client's framing in `lines`) sent at once on an idle kept connection, its answer
+        told to `taker`; the connection, which the caller may `abort` (its client gone). None as for `start`."""
+        if len(self._pools) != 1:
+            return None
+        conn = self._pools[0].take_idle()
+        if conn is None:
+            return None
+        head = self._request_head(conn.pool.endpoint, method, target, (lines,), None, False, authorized)
+        conn.start_plain(taker, head + body if body else head)
+        return conn
 
     async def exchange(
         self,

@@ -18,7 +18,7 @@ HOP_BY_HOP = frozenset({
     b"trailer", b"transfer-encoding", b"upgrade", b"host",
 })
 _SPECIAL = HOP_BY_HOP | {b"content-length", b"expect"}
-_REQUEST_SPECIAL = _SPECIAL | {b"authorization"}  # plus `X-Rerank*`, the proxy's own
+REQUEST_SPECIAL = _SPECIAL | {b"authorization"}  # plus `X-Rerank*`, the proxy's own
 _REASONS = {
     200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 413: b"Request Entity Too Large",
     431: b"Request Header Fields Too Large",
@@ -100,7 +100,7 @@ class RequestHead(Head):
         self.size += len(name) + len(value) + 4
         self.pairs.append((name, value))
         lower = name.lower()
-        if lower not in _REQUEST_SPECIAL and lower[:8] != b"x-rerank":  # the usual header: forwarded as it came
+        if lower not in REQUEST_SPECIAL and lower[:8] != b"x-rerank":  # the usual header: forwarded as it came
             self.lines.append(name + b": " + value + b"\r\n")
             return
         if lower[:8] == b"x-rerank" and (len(lower) == 8 or lower[8:9] == b"-"):
