@@ -467,22 +467,24 @@ class ClientConnection(asyncio.Protocol):
             head.target, self._raw_target = self._raw_target, None
         if head.connection:
             head.finish()
-        self._parsing = self._queue_request(head)
+        self._parsing = self._queued(self._incoming(head))
 
-    def _queue_request(self, head: RequestHead, started: float | None = None) -> Incoming:
+    def _incoming(self, head: RequestHead, started: float | None = None) -> Incoming:
         no_body = not head.chunked and head.content_length in (None, b"0")
         awaits = head.expect == b"100-continue" and head.version == "1.1"
-        incoming = Incoming(head, ClientBody(self, finished=no_body, awaits_continue=awaits),
-                            started=_clock() if started is None else started)
+        return Incoming(head, ClientBody(self, finished=no_body, awaits_continue=awaits),
+                        started=_clock() if started is None else started)
+
+    def _queued(self, incoming: Incoming) -> Incoming:
         self.queue.append(incoming)
         if len(self.queue) > MAX_QUEUED:
             self.pause_reading()
         return incoming
 
-    def _incoming(self, request: PlainRequest, head: RequestHead | None, decision: object,
-                  started: float | None = None) -> Incoming:
-        """A plain request queued as the parser would have queued it, with what `claims` said (asked once)."""
-        incoming = self._queue_request(head or request_head(request), started)
+    def _plain_incoming(self, request: PlainRequest, head: RequestHead | None, decision: object,
+                        started: float | None = None) -> Incoming:
+        """A plain request as the parser would have made it, with what `claims` said (asked once)."""
+        incoming = self._incoming(head or request_head(request), started)
         incoming.decision = decision
         if request.body:
             incoming.body.feed(request.body)
@@ -602,14 +604,14 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(decision, PassThrough) and decision.body is None:
                 extra = decision.extra_lines
             elif decision is not None:  # the application's to answer
-                self._incoming(request, head, decision)
+                self._queued(self._plain_incoming(request, head, decision))
                 self._dispatch()
                 return
         plain = _PlainExchange(self, request, head, decision, extra)
         plain.upstream = app.upstream.start_plain(
             plain, request.method, request.target, request.lines, request.body, request.authorized)
         if plain.upstream is None:  # no idle connection: the worker opens one
-            self._incoming(request, head, decision, plain.started)
+            self._queued(self._plain_incoming(request, head, decision, plain.started))
             self._dispatch()
         else:
             self._plain = plain
@@ -648,8 +650,7 @@ class ClientConnection(asyncio.Protocol):
     def _plain_adopted(self, plain: _PlainExchange, conn: Any) -> Exchange:
         """The lane cannot go on: the request becomes what the callbacks path would have made of it, in flight."""
         self._plain = None
-        incoming = self._incoming(plain.request, plain.head, plain.decision, plain.started)
-        self.queue.remove(incoming)
+        incoming = self._plain_incoming(plain.request, plain.head, plain.decision, plain.started)
         incoming.upstream_at = plain.started
         self._fast = incoming
         exchange: Exchange = conn.adopted(_ClientSink(self, incoming.head, plain.extra), self._served)
