@@ -128,6 +128,7 @@ ALL_INDICES = "_all"  # what a search that names no index is matched as
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)  # asked on every search, of the few expressions clients send (bounded)
 def index_label(allowed: tuple[str, ...], expression: str | None) -> str:
     """The `index` label of a search of `expression` (as the client named it: `a`, `a,b`, `logs-*`, None for all):
     the first `metrics.index_labels` entry that every named index matches (an exact name, or a pattern, which then is
@@ -140,6 +141,7 @@ def index_label(allowed: tuple[str, ...], expression: str | None) -> str:
     return OTHER_INDEX
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every search, of a few dozen statuses
 def split_status(status: str) -> tuple[str, str]:
     """An `X-Rerank-Status` entry as (outcome, reason): `skipped; reason=sort` is (skipped, sort), `partial;
     reranked=7` is (partial, "")."""

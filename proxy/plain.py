@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .wire import HOP_BY_HOP, REQUEST_SPECIAL, RequestHead
+from .wire import HOP_BY_HOP, REQUEST_SPECIAL, HeaderView, RequestFacts, RequestHead
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _FIELD = _TOKEN + rb": [!-~][ -~]*\r\n"  # llhttp drops the space before a value and keeps what trails it
@@ -29,14 +29,20 @@ _PLAIN_CONNECTION = (b"", b"keep-alive", b"close")
 
 
 @dataclass(slots=True)
-class PlainRequest:
+class PlainRequest(RequestFacts):
+    """A plain request as the lane forwards it; routing reads it as it reads a `RequestHead`."""
+
     method: str
     target: bytes  # as sent
     fields: bytes  # the header lines, as sent
     body: bytes
     lines: bytes  # the header lines forwarded: all but the hop-by-hop ones and the proxy's own, in order
+    own: list[tuple[bytes, bytes]]  # the proxy's own headers (`X-Rerank*`), as sent
     authorized: bool  # the client sent its own `Authorization`
     keep_alive: bool
+
+    def header_view(self) -> HeaderView:
+        return HeaderView(_FIELDS.findall(self.fields))
 
 
 @dataclass(slots=True)
@@ -66,6 +72,7 @@ def plain_request(data: bytes) -> PlainRequest | None:
     if not _plain_fields(fields.lower()):
         return None
     kept = []
+    own = []
     length = connection = None
     authorized = False
     for name, value in _FIELDS.findall(fields):
@@ -80,14 +87,18 @@ def plain_request(data: bytes) -> PlainRequest | None:
                     return None
                 connection = value.lower()
                 continue
-            elif lower in HOP_BY_HOP or len(lower) == 8 or lower[8:9] == b"-":
+            elif lower in HOP_BY_HOP:
+                continue
+            elif len(lower) == 8 or lower[8:9] == b"-":
+                own.append((name, value))
                 continue
         kept.append(name + b": " + value + b"\r\n")
     body = data[match.end():]
     declared = 0 if length is None else int(length) if length.isdigit() else -1
     if connection not in (None, b"keep-alive", b"close") or len(body) != declared:
         return None
-    return PlainRequest(method.decode(), target, fields, body, b"".join(kept), authorized, connection != b"close")
+    return PlainRequest(method.decode(), target, fields, body, b"".join(kept), own, authorized,
+                        connection != b"close")
 
 
 def request_head(plain: PlainRequest) -> RequestHead:

@@ -32,7 +32,7 @@ import httptools
 from .errors import es_error_reply
 from .plain import PlainRequest, PlainResponse, plain_request, request_head
 from .upstream import Exchange, Upstream, UpstreamError
-from .wire import Reply, RequestHead
+from .wire import Reply, RequestFacts, RequestHead
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,10 @@ class Application(Protocol):
     @property
     def upstream(self) -> Upstream: ...
 
-    def claims(self, head: RequestHead) -> object | None:
+    def claims(self, head: RequestFacts) -> object | None:
         """A route for a request the application answers itself (given back to `handle`); None: pass it through;
-        a PassThrough: pass it through so (decided on the head alone)."""
+        a PassThrough: pass it through so (decided on the head alone). `head`: a `RequestHead`, or the plain lane's
+        `PlainRequest`, read alike."""
 
     async def handle(self, request: Incoming, route: Any) -> Reply | PassThrough: ...
 
@@ -324,23 +325,14 @@ class _ClientSink:
 class _PlainExchange:
     """A plain request on the plain lane: what the client connection needs to answer it, or to hand it on."""
 
-    __slots__ = ("client", "request", "head", "decision", "extra", "started", "upstream")
+    __slots__ = ("request", "decision", "extra", "started", "upstream")
 
-    def __init__(self, client: ClientConnection, request: PlainRequest, head: RequestHead | None, decision: object,
-                 extra: Sequence[bytes]):
-        self.client = client
+    def __init__(self, request: PlainRequest, decision: object, extra: Sequence[bytes]):
         self.request = request
-        self.head = head  # built only when the application had to see it
         self.decision = decision  # what `claims` said (None: pass it through)
         self.extra = extra
         self.started = _clock()
         self.upstream: Any = None  # the cluster connection it went out on
-
-    def answered(self, answer: PlainResponse) -> None:
-        self.client._plain_answered(self, answer)
-
-    def adopt(self, conn: Any) -> Exchange:
-        return self.client._plain_adopted(self, conn)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -481,10 +473,9 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading()
         return incoming
 
-    def _plain_incoming(self, request: PlainRequest, head: RequestHead | None, decision: object,
-                        started: float | None = None) -> Incoming:
+    def _plain_incoming(self, request: PlainRequest, decision: object, started: float | None = None) -> Incoming:
         """A plain request as the parser would have made it, with what `claims` said (asked once)."""
-        incoming = self._incoming(head or request_head(request), started)
+        incoming = self._incoming(request_head(request), started)
         incoming.decision = decision
         if request.body:
             incoming.body.feed(request.body)
@@ -517,8 +508,10 @@ class ClientConnection(asyncio.Protocol):
     @property
     def _idle_for_plain(self) -> bool:
         """Nothing else is read, queued, served or owed here: a request may take the plain lane."""
+        worker, wakeup = self._worker, self._wakeup  # `_worker_waits`, said here: asked of every read
         return (self._plain is None and self._fast is None and not self._in_message and not self.queue
-                and self._broken is None and self._worker_waits and not self.server.draining)
+                and self._broken is None and (worker is None or (wakeup is not None and not wakeup.done()))
+                and not self.server.draining)
 
     @property
     def _worker_waits(self) -> bool:
@@ -595,35 +588,34 @@ class ClientConnection(asyncio.Protocol):
 
     def _serve_plain(self, request: PlainRequest) -> None:
         app = self.server.app
-        head: RequestHead | None = None
-        decision: object = None
+        decision = app.claims(request)  # read as a head would be: no head is built for it
         extra: Sequence[bytes] = ()
-        if not self.server.passes_through(request.method, request.target):
-            head = request_head(request)
-            decision = app.claims(head)
-            if isinstance(decision, PassThrough) and decision.body is None:
-                extra = decision.extra_lines
-            elif decision is not None:  # the application's to answer
-                self._queued(self._plain_incoming(request, head, decision))
+        if decision is not None:
+            if not isinstance(decision, PassThrough) or decision.body is not None:  # the application's to answer
+                self._queued(self._plain_incoming(request, decision))
                 self._dispatch()
                 return
-        plain = _PlainExchange(self, request, head, decision, extra)
+            extra = decision.extra_lines
+        self._plain = plain = _PlainExchange(request, decision, extra)
         plain.upstream = app.upstream.start_plain(
-            plain, request.method, request.target, request.lines, request.body, request.authorized)
+            self, request.method, request.target, request.lines, request.body, request.authorized)
         if plain.upstream is None:  # no idle connection: the worker opens one
-            self._queued(self._plain_incoming(request, head, decision, plain.started))
+            self._plain = None
+            self._queued(self._plain_incoming(request, decision, plain.started))
             self._dispatch()
-        else:
-            self._plain = plain
 
-    def _plain_answered(self, plain: _PlainExchange, answer: PlainResponse) -> None:
-        self._plain = None
+    # `PlainTaker`: what the upstream connection tells of the request on the lane.
+
+    def plain_answered(self, answer: PlainResponse) -> None:
+        plain, self._plain = self._plain, None
+        assert plain is not None
         if self.lost:  # the cluster answered as the client left
-            self._report_plain(plain, CLIENT_CLOSED, 0, "client-closed")
+            if self.server.records:
+                self._report_plain(plain, CLIENT_CLOSED, 0, "client-closed")
             return
         parts = [b"HTTP/1.1 %d %s\r\n" % (answer.status, answer.reason), answer.lines, *plain.extra]
         close = not plain.request.keep_alive
-        if self.closing and not close:
+        if not close and self.server.draining and not self.queue:  # `closing`
             parts.append(b"connection: close\r\n")
             close = True
         if answer.chunks is None:
@@ -632,25 +624,27 @@ class ClientConnection(asyncio.Protocol):
             parts.append(b"transfer-encoding: chunked\r\n\r\n")
             parts += map(_chunk, answer.chunks)
             parts.append(b"0\r\n\r\n")
-        self.write(b"".join(parts))
-        self._report_plain(plain, answer.status, len(answer.body), None)
+        self.transport.write(b"".join(parts))  # type: ignore[union-attr]  # not lost, so connected
+        if self.server.records:
+            self._report_plain(plain, answer.status, len(answer.body), None)
         if close:
             self.close()
         elif self.queue or self._broken is not None or self.server.draining:
             self._run_worker()
 
     def _report_plain(self, plain: _PlainExchange, status: int, sent: int, error: str | None) -> None:
-        if self.server.records:  # the application keeps a record of each request: it gets what the others get
-            body = ClientBody(self, finished=True)
-            body.size = len(plain.request.body)
-            incoming = Incoming(plain.head or request_head(plain.request), body, plain.decision,
-                                started=plain.started, upstream_at=plain.started, upstream_s=_clock() - plain.started)
-            self._report(incoming, status, sent, error)
+        """The record the application keeps of each request (`server.records`): what the others get."""
+        body = ClientBody(self, finished=True)
+        body.size = len(plain.request.body)
+        incoming = Incoming(request_head(plain.request), body, plain.decision,
+                            started=plain.started, upstream_at=plain.started, upstream_s=_clock() - plain.started)
+        self._report(incoming, status, sent, error)
 
-    def _plain_adopted(self, plain: _PlainExchange, conn: Any) -> Exchange:
+    def plain_adopted(self, conn: Any) -> Exchange:
         """The lane cannot go on: the request becomes what the callbacks path would have made of it, in flight."""
-        self._plain = None
-        incoming = self._plain_incoming(plain.request, plain.head, plain.decision, plain.started)
+        plain, self._plain = self._plain, None
+        assert plain is not None
+        incoming = self._plain_incoming(plain.request, plain.decision, plain.started)
         incoming.upstream_at = plain.started
         self._fast = incoming
         exchange: Exchange = conn.adopted(_ClientSink(self, incoming.head, plain.extra), self._served)
@@ -886,18 +880,14 @@ class RelayServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_upstream_error = on_upstream_error
         self.finished: Finished | None = getattr(app, "finished", None)
-        # What an application may also say, cheaply, for the plain lane: that `claims` would pass a request through
-        # on its method and raw target alone (so no head is built), and whether `finished` keeps records.
-        self._passes_through: Callable[[str, bytes], bool] | None = getattr(app, "passes_through", None)
         self._server: asyncio.Server | None = None
         self.draining = False
         self._drained: asyncio.Event | None = None
 
-    def passes_through(self, method: str, target: bytes) -> bool:
-        return self._passes_through is not None and self._passes_through(method, target)
-
     @property
     def records(self) -> bool:
+        """Whether `finished` keeps anything of a request: an application may say it does not (`records_requests`,
+        an attribute, as it is asked of every request), so the plain lane builds no head for it."""
         return self.finished is not None and getattr(self.app, "records_requests", True)
 
     def track(self, task: asyncio.Task[None]) -> None:

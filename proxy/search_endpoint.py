@@ -43,7 +43,7 @@ from .shadow import ShadowResult
 from .upstream import Collected
 from .variants import CONTROL, NO_VARIANT, UnknownVariant, VariantChoice, choose_variant
 from .view import apply_filter_path
-from .wire import HeaderView, Reply, RequestHead, filtered_target, header_line, reason_for
+from .wire import HeaderView, Reply, RequestFacts, RequestHead, filtered_target, header_line, reason_for
 
 _NON_JSON = ("smile", "cbor", "yaml")
 _COMPATIBLE = re.compile(r"compatible-with\s*=\s*(\d+)")
@@ -167,7 +167,7 @@ class SearchEndpoint:
     def _label(self, index: str | None) -> str:
         return metrics.index_label(self.index_labels, index)
 
-    def decide_on_head(self, head: RequestHead, kind: Kind, index: str | None) -> PassThrough | None:
+    def decide_on_head(self, head: RequestFacts, kind: Kind, index: str | None) -> PassThrough | None:
         """A search skipped before a byte of its body is read (`X-Rerank: off`): the body streams to the cluster,
         and the answer back, as a pass-through's do. None: `handle` serves it (an unknown variant included)."""
         if kind not in _SINGLE or not _forced_off(head):
@@ -176,10 +176,11 @@ class SearchEndpoint:
             choice = self._variant(head)
         except UnknownVariant:
             return None
-        return _passed_through(None, ("skipped; reason=header-off",), choice.name, SearchFacts(),
-                               (self._label(index),))
+        lines, labels = _header_off(choice.name, self._label(index))
+        metrics.SEARCHES.inc(*labels)  # as `_passed_through` records it, from one remembered step
+        return PassThrough(None, lines, SearchFacts(_HEADER_OFF, choice.name))
 
-    def _variant(self, head: RequestHead) -> VariantChoice:
+    def _variant(self, head: RequestFacts) -> VariantChoice:
         config = self.state.config
         if config.ab is not None:
             choice = choose_variant(config, head.header_view())
@@ -455,10 +456,19 @@ class SearchEndpoint:
         return Reply(reply.status, reply.reason, lines, payload)
 
 
-def _forced_off(head: RequestHead) -> bool:
+def _forced_off(head: RequestFacts) -> bool:
     """`X-Rerank: off`, read as `request_options` reads it."""
     value = head.own_header(b"x-rerank")
     return value is not None and value.decode("latin-1").strip().lower() == "off"
+
+
+_HEADER_OFF = ("skipped; reason=header-off",)
+
+
+@functools.lru_cache(maxsize=1024)  # per variant and index label: what every skipped search of them is told
+def _header_off(variant: str, label: str) -> tuple[tuple[bytes, bytes], tuple[str, ...]]:
+    """A search skipped for `X-Rerank: off`: its status lines and its `SEARCHES` labels."""
+    return _status_lines(_HEADER_OFF, variant), (*metrics.split_status(_HEADER_OFF[0]), variant, label)
 
 
 def _passed_through(body: bytes | None, statuses: Sequence[str], variant: str, facts: SearchFacts,

@@ -37,7 +37,7 @@ from .search_endpoint import SearchEndpoint
 from .shadow import ShadowScoring
 from .tracing import Tracing
 from .upstream import Upstream, UpstreamError
-from .wire import Reply, RequestHead
+from .wire import Reply, RequestFacts
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,9 @@ async def build_state(config: Config, previous: ProxyState | None = None, wait_f
                       access_log, tracing)
 
 
+_PASSTHROUGH = Kind.PASSTHROUGH.value
+
+
 def _route(method: str, raw_path: bytes) -> Route:
     # Most traffic is not a search: a path that cannot name one skips routing (classify decodes, hence the `%`).
     if b"search" in raw_path or b"%" in raw_path:
@@ -129,10 +132,10 @@ class ProxyServer:
     answers them; the rest passes through."""
 
     def __init__(self, state: ProxyState, config_path: Path | None = None, overrides: Mapping[str, Any] | None = None):
-        self.state = state
         self.config_path = config_path
         self.overrides = dict(overrides or {})
         self.admin_guard = AdminGuard.of(state.config.admin)
+        self._noted(state)
         self.api_guard = ApiGuard.of(state.config)
         self.draining = False
         self._reload_lock = asyncio.Lock()
@@ -143,26 +146,19 @@ class ProxyServer:
     def upstream(self) -> Upstream:
         return self.state.upstream
 
-    def passes_through(self, method: str, target: bytes) -> bool:
-        """What `claims` says of most requests, read off the method and raw target alone (and counted as it
-        counts them): True, pass it through; False, `claims` must see the head."""
-        raw = target.partition(b"?")[0]
-        if raw.startswith(b"/_rerank_proxy/") or (b"%" in raw and self.admin_guard.on_data_port):
-            return False  # perhaps the proxy's own paths
-        if _route(method, raw).kind is not Kind.PASSTHROUGH:
-            return False
-        metrics.REQUESTS.inc(Kind.PASSTHROUGH.value)
-        return True
 
-    @property
-    def records_requests(self) -> bool:
-        """Whether `finished` keeps anything of a request (an access-log line, spans)."""
-        return self.state.access_log.enabled or self.state.tracing.enabled
+    def _noted(self, state: ProxyState) -> None:
+        """`state` in use from now on, and what the relay asks of every request read off it once."""
+        self.state = state
+        self.records_requests = state.access_log.enabled or state.tracing.enabled  # `finished` keeps something
 
-    def claims(self, head: RequestHead) -> Route | PassThrough | None:
+    def claims(self, head: RequestFacts) -> Route | PassThrough | None:
         """The route of a request the proxy answers itself (a search, an admin path); None: pass it through; a
         PassThrough: a search skipped on its head alone."""
         raw = head.raw_path
+        if b"search" not in raw and b"%" not in raw and not raw.startswith(b"/_rerank_proxy/"):
+            metrics.REQUESTS.inc(_PASSTHROUGH)  # most traffic: a path that names no search, nor the proxy's own
+            return None
         if raw == b"/_rerank_proxy/events" and self.state.config.events.listener == "data":
             return EVENTS
         # With an admin listener of their own, the proxy's paths are the cluster's like any other (it refuses them).
@@ -230,7 +226,7 @@ class ProxyServer:
                     log.warning("admin.listen or tls changed: takes effect on restart")
                 guard = AdminGuard.of(config.admin) if config.admin.listen == old.config.admin.listen else None
                 api_guard = ApiGuard.of(config)
-                self.state = await build_state(config, old)
+                self._noted(await build_state(config, old))
             except ConfigError:
                 metrics.RELOADS.labels("rejected").inc()
                 raise
@@ -287,7 +283,7 @@ class AdminApplication:
     def upstream(self) -> Upstream:
         return self.server.upstream
 
-    def claims(self, head: RequestHead) -> Route:
+    def claims(self, head: RequestFacts) -> Route:
         return ADMIN
 
     async def handle(self, incoming: Incoming, route: Route) -> Reply:

@@ -13,7 +13,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -71,10 +71,10 @@ OnEnd = Callable[["Exchange", "UpstreamError | None"], None]
 class PlainTaker(Protocol):
     """Who waits for the answer to a request sent by `Upstream.start_plain`."""
 
-    def answered(self, answer: PlainResponse) -> None:
+    def plain_answered(self, answer: PlainResponse) -> None:
         """The whole answer, plain, the connection already back in the pool (or closed)."""
 
-    def adopt(self, conn: _Connection) -> Exchange:
+    def plain_adopted(self, conn: _Connection) -> Exchange:
         """The answer is not plain, or did not come: the exchange as `start` would have begun it (by
         `conn.adopted`), which goes on from here (the parser, a retry, an ES-style error)."""
 
@@ -92,8 +92,16 @@ class Endpoint:
     host: str
     port: int
     host_header: bytes
-    authorization: bytes | None  # from credentials in the URL, sent when the client sends none
+    authorization: bytes | None = field(repr=False)  # from credentials in the URL, sent when the client sends none
     redacted: str  # the URL without its credentials: the only form that is logged or shown
+    # What every request to this URL is sent with: its `Host`, and its credentials unless the client has its own.
+    host_line: bytes = field(init=False)
+    auth_line: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        auth = self.authorization
+        object.__setattr__(self, "host_line", header_line(b"host", self.host_header))
+        object.__setattr__(self, "auth_line", b"" if auth is None else header_line(b"authorization", auth))
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
@@ -264,10 +272,11 @@ class _Connection(asyncio.Protocol):
             answer = plain_response(data)
             if answer is not None:
                 self.taker = None
-                self._cancel_timer()
+                pool = self.pool
+                pool.busy.discard(self)  # `_cancel_timer`, said here: the lane's every step counts
                 self.reusable = answer.keep_alive and answer.status not in _REFUSALS
-                self.pool.release(self)
-                taker.answered(answer)
+                pool.release(self)
+                taker.plain_answered(answer)
                 return
             self._adopt()
         exchange = self.exchange
@@ -324,7 +333,7 @@ class _Connection(asyncio.Protocol):
             return
         head = exchange.head
         has_length = head.content_length is not None or head.chunked
-        self._arm(self.pool.options.idle_timeout_s, "sent nothing more of its answer for")
+        self._arm(self.pool.pause_limit)
         exchange.on_head(status, self.parser.should_keep_alive(), has_length)
         if exchange.head_only:
             # llhttp cannot be told a response answers a HEAD: it would wait for the Content-Length's bytes.
@@ -343,7 +352,7 @@ class _Connection(asyncio.Protocol):
     def _adopt(self) -> None:
         taker, self.taker = self.taker, None
         assert taker is not None
-        taker.adopt(self)
+        taker.plain_adopted(self)
 
     def adopted(self, sink: Sink, on_end: OnEnd) -> Exchange:
         """The exchange of a plain request already sent on this (pooled) connection."""
@@ -363,7 +372,7 @@ class _Connection(asyncio.Protocol):
     def _send(self, request: bytes) -> None:
         self.reusable = False
         self._timeout_error = None
-        self._arm(self.pool.options.response_timeout_s, "did not answer within")
+        self._arm(self.pool.answer_limit)
         self.write(request)
 
     def write(self, data: bytes) -> None:
@@ -389,9 +398,9 @@ class _Connection(asyncio.Protocol):
 
     # -- timeouts: a deadline per connection, checked by the pool's sweep (no timer handle per request) --
 
-    def _arm(self, seconds: float, what: str) -> None:
-        self._deadline = self.loop.time() + seconds
-        self._limit = (seconds, what)
+    def _arm(self, limit: tuple[float, str]) -> None:
+        self._deadline = self.loop.time() + limit[0]
+        self._limit = limit
         self.pool.watch(self)
 
     def _touch(self) -> None:
@@ -421,6 +430,9 @@ class _Pool:
         self.options = options
         self.tls = tls
         self.loop = asyncio.get_running_loop()
+        # A connection's deadlines (seconds, and how a miss is told), made once rather than per request.
+        self.answer_limit = (options.response_timeout_s, "did not answer within")
+        self.pause_limit = (options.idle_timeout_s, "sent nothing more of its answer for")
         self.idle: deque[_Connection] = deque()
         self.open = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
@@ -486,7 +498,8 @@ class _Pool:
             self.idle.append(conn)
             if self._expiry is None:
                 self._expire_idle()
-            self._wake()
+            if self.waiters:
+                self._wake()
         else:
             conn.abort()  # `forget` frees its slot once the transport is gone
 
@@ -649,11 +662,13 @@ class Upstream:
         told to `taker`; the connection, which the caller may `abort` (its client gone). None as for `start`."""
         if len(self._pools) != 1:
             return None
-        conn = self._pools[0].take_idle()
+        pool = self._pools[0]
+        conn = pool.take_idle()
         if conn is None:
             return None
-        head = self._request_head(conn.pool.endpoint, method, target, (lines,), None, False, authorized)
-        conn.start_plain(taker, head + body if body else head)
+        endpoint = pool.endpoint
+        conn.start_plain(taker, b"%s %s HTTP/1.1\r\n%s%s%s\r\n%s" % (
+            method.encode(), target, endpoint.host_line, lines, b"" if authorized else endpoint.auth_line, body))
         return conn
 
     async def exchange(
@@ -714,9 +729,9 @@ class Upstream:
         endpoint: Endpoint, method: str, target: bytes, lines: Sequence[bytes], length: int | None, chunked: bool,
         authorized: bool,
     ) -> bytes:
-        parts = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target, endpoint.host_header), *lines]
-        if endpoint.authorization is not None and not authorized:
-            parts.append(header_line(b"authorization", endpoint.authorization))
+        parts = [b"%s %s HTTP/1.1\r\n%s" % (method.encode(), target, endpoint.host_line), *lines]
+        if not authorized:
+            parts.append(endpoint.auth_line)
         if length is not None:
             parts.append(b"content-length: %d\r\n" % length)
         elif chunked:

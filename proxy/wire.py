@@ -85,8 +85,44 @@ class Head:
         return [line for line in self.lines if line.split(b":", 1)[0].strip().lower() not in drop]
 
 
+class RequestFacts:
+    """What routing reads off a request (its method, target and the proxy's own headers), whichever reader made it:
+    `RequestHead` from llhttp's callbacks, or the plain lane's `PlainRequest` (which builds no head for it)."""
+
+    __slots__ = ()
+    method: str
+    target: bytes  # as received: the raw path and query
+    own: list[tuple[bytes, bytes]]  # the proxy's own headers (`X-Rerank*`), as received
+
+    def header_view(self) -> HeaderView:
+        raise NotImplementedError
+
+    def own_header(self, name: bytes) -> bytes | None:
+        """One of the proxy's own headers (`name` lowercased), the first if repeated, as `header_view` reads it."""
+        for key, value in self.own:
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def raw_path(self) -> bytes:
+        return self.target.partition(b"?")[0]
+
+    @property
+    def raw_query(self) -> bytes:
+        return self.target.partition(b"?")[2]
+
+    @property
+    def path(self) -> str:
+        """The decoded path, for the proxy's own routing only: never forwarded."""
+        return unquote(self.raw_path.decode("latin-1"), errors="surrogateescape")
+
+    def query(self) -> list[tuple[str, str]]:
+        return query_pairs(self.raw_query)
+
+
 @dataclass(slots=True)
-class RequestHead(Head):
+class RequestHead(Head, RequestFacts):
     method: str = "GET"
     target: bytes = b"/"  # as received: the raw path and query
     version: str = "1.1"
@@ -112,30 +148,6 @@ class RequestHead(Head):
 
     def header_view(self) -> HeaderView:
         return HeaderView(self.pairs)
-
-    def own_header(self, name: bytes) -> bytes | None:
-        """One of the proxy's own headers (`name` lowercased), the first if repeated, as `header_view` reads it."""
-        for key, value in self.own:
-            if key.lower() == name:
-                return value
-        return None
-
-    @property
-    def raw_path(self) -> bytes:
-        return self.target.partition(b"?")[0]
-
-    @property
-    def raw_query(self) -> bytes:
-        return self.target.partition(b"?")[2]
-
-    @property
-    def path(self) -> str:
-        """The decoded path, for the proxy's own routing only: never forwarded."""
-        return unquote(self.raw_path.decode("latin-1"), errors="surrogateescape")
-
-    def query(self) -> list[tuple[str, str]]:
-        return query_pairs(self.raw_query)
-
 
 
 class HeaderView(Mapping[str, str]):

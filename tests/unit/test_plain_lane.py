@@ -7,9 +7,10 @@ import asyncio
 from typing import Any
 
 from proxy.config import parse_config
-from proxy.relay import ClientConnection, RelayServer
+from proxy.plain import PlainRequest
+from proxy.relay import ClientConnection, PassThrough, RelayServer
 from proxy.upstream import Upstream, UpstreamTimeout, _Connection
-from proxy.wire import RequestHead
+from proxy.wire import RequestFacts
 
 REQUEST = b"GET /idx/_doc/1 HTTP/1.1\r\nHost: proxy\r\nUser-Agent: t\r\nX-Rerank: off\r\n\r\n"
 FORWARDED = b"GET /idx/_doc/1 HTTP/1.1\r\nhost: 127.0.0.1:9\r\nUser-Agent: t\r\n\r\n"
@@ -45,14 +46,19 @@ class _Transport:
 
 
 class _App:
-    """Claims nothing; keeps what `finished` is told."""
+    """Claims nothing, or passes `/idx/_search` through with a status line of its own (as a skipped search);
+    keeps what `claims` was given and what `finished` is told."""
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.reports: list[tuple[str, int, int, str | None]] = []
         self.records_requests = True
+        self.given: list[RequestFacts] = []
 
-    def claims(self, head: RequestHead) -> None:
+    def claims(self, head: RequestFacts) -> PassThrough | None:
+        self.given.append(head)
+        if head.raw_path == b"/idx/_search" and head.own_header(b"x-rerank") == b"off":
+            return PassThrough(None, [b"X-Rerank-Status: skipped\r\n"])
         return None
 
     async def handle(self, incoming: Any, route: Any) -> Any:
@@ -103,6 +109,16 @@ async def test_a_plain_request_and_its_plain_answer_take_the_lane_and_the_connec
     assert lane.cluster_transport.sent == [FORWARDED] and lane.callbacks == 0
     lane.cluster.data_received(ANSWER)
     assert lane.answered == ANSWER
+    assert lane.idle and lane.app.reports == [("GET", 200, 7, None)]
+
+
+async def test_a_search_the_application_passes_through_on_its_head_takes_the_lane_with_its_lines() -> None:
+    lane = _Lane()
+    lane.client.data_received(REQUEST.replace(b"/idx/_doc/1", b"/idx/_search"))
+    assert lane.cluster_transport.sent == [FORWARDED.replace(b"/idx/_doc/1", b"/idx/_search")]
+    assert lane.callbacks == 0 and [type(given) for given in lane.app.given] == [PlainRequest]  # no head built
+    lane.cluster.data_received(ANSWER)
+    assert lane.answered == ANSWER.replace(b"\r\n\r\n", b"\r\nX-Rerank-Status: skipped\r\n\r\n")
     assert lane.idle and lane.app.reports == [("GET", 200, 7, None)]
 
 

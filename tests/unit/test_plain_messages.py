@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from proxy.plain import plain_request, plain_response, request_head
 from proxy.relay import ClientConnection, _framing
 from proxy.upstream import Exchange, _Connection
-from proxy.wire import RequestHead
+from proxy.wire import RequestFacts, RequestHead
 
 PROPERTY = settings(max_examples=400, deadline=None, database=None)
 
@@ -68,21 +68,28 @@ class _Recorded:
         self.events.append(("end",))
 
 
-def taken_request(data: bytes) -> tuple[RequestHead, bytes, bytes, bool] | None:
-    """What the plain reader makes of `data`: the head, the body, the forwarded lines and `authorized`."""
+def routing_reads(request: RequestFacts) -> tuple[Any, ...]:
+    """What the proxy's routing reads off a request (`claims` is given the plain request itself)."""
+    return (request.method, request.raw_path, request.path, request.query(), request.own,
+            request.own_header(b"x-rerank"), request.own_header(b"x-rerank-variant"), dict(request.header_view()))
+
+
+def taken_request(data: bytes) -> tuple[RequestHead, tuple[Any, ...], bytes, bytes, bool] | None:
+    """What the plain reader makes of `data`: the head, what routing reads, the body, the forwarded lines and
+    `authorized`."""
     plain = plain_request(data)
     if plain is None:
         return None
-    return request_head(plain), plain.body, plain.lines, plain.authorized
+    return request_head(plain), routing_reads(plain), plain.body, plain.lines, plain.authorized
 
 
-def llhttp_request(data: bytes) -> tuple[RequestHead, bytes, bytes, bool] | None:
+def llhttp_request(data: bytes) -> tuple[RequestHead, tuple[Any, ...], bytes, bytes, bool] | None:
     """The same, as the callbacks path has it: the lines it forwards with the client's own body."""
     parsed = request_by_llhttp(data)
     if parsed is None:
         return None
     head, body = parsed
-    return head, body, b"".join(_framing(head, None)[1]), head.authorized
+    return head, routing_reads(head), body, b"".join(_framing(head, None)[1]), head.authorized
 
 
 def taken_answer(data: bytes) -> list[Any] | None:
@@ -105,8 +112,8 @@ def llhttp_answer(data: bytes) -> list[Any]:
 
 def _connection() -> tuple[_Connection, _Recorded]:
     pool = SimpleNamespace(
-        loop=asyncio.new_event_loop(), options=SimpleNamespace(idle_timeout_s=60.0, response_timeout_s=300.0),
-        watch=lambda conn: None, unwatch=lambda conn: None, release=lambda conn: None,
+        loop=asyncio.new_event_loop(), answer_limit=(300.0, "did not answer within"),
+        pause_limit=(60.0, "sent nothing more of its answer for"), watch=lambda conn: None, unwatch=lambda conn: None, release=lambda conn: None,
     )
     conn = _Connection(pool)  # type: ignore[arg-type]
     sink = _Recorded()
